@@ -7,7 +7,7 @@ predictive that splits the two), infinitely wide networks and adversarial exampl
 
 __version__ = "0.1.0"
 
-from bayesdl import data, nn  # noqa: E402
-from bayesdl.inference import fit  # noqa: E402
+from bayesdl import data, nn
+from bayesdl.inference import fit
 
 __all__ = ["__version__", "data", "fit", "nn"]

@@ -55,7 +55,9 @@ class Standardizer:
     def fit(cls, values: Tensor) -> Standardizer:
         """Statistics along the first dimension; constant columns get ``std = 1``."""
         if values.ndim == 0 or values.shape[0] < 2:
-            raise ValueError(f"values needs at least 2 rows to standardize, got {tuple(values.shape)}")
+            raise ValueError(
+                f"values needs at least 2 rows to standardize, got {tuple(values.shape)}"
+            )
         mean = values.mean(0)
         std = values.std(0)
         std = torch.where(std > 0, std, torch.ones_like(std))
@@ -246,7 +248,9 @@ def _toy(
     else:
         g_lo, g_hi = (float(v) for v in gap)
         if not lo <= g_lo < g_hi <= hi:
-            raise ValueError(f"gap must be an interval (a, b) with {lo} <= a < b <= {hi}, got {gap}")
+            raise ValueError(
+                f"gap must be an interval (a, b) with {lo} <= a < b <= {hi}, got {gap}"
+            )
         # Uniform on [lo, hi] minus the gap: draw on the shortened line, then shift past the gap.
         u = lo + (hi - lo - (g_hi - g_lo)) * torch.rand(n, generator=gen)
         x = torch.where(u < g_lo, u, u + (g_hi - g_lo))
@@ -361,7 +365,9 @@ def sample_2d(name: str, n: int = 1000, *, noise: float = 0.05, seed: int = 0) -
         pts = torch.stack([x - 0.5, y - 0.25], dim=-1) * 2
         return pts + noise * torch.randn(n, 2, generator=gen)
     # rings: radii 1, 2, 3 with mass proportional to circumference
-    radius = torch.multinomial(torch.tensor([1.0, 2.0, 3.0]), n, replacement=True, generator=gen) + 1
+    radius = (
+        torch.multinomial(torch.tensor([1.0, 2.0, 3.0]), n, replacement=True, generator=gen) + 1
+    )
     t = 2 * math.pi * torch.rand(n, generator=gen)
     pts = radius.unsqueeze(-1) * torch.stack([torch.cos(t), torch.sin(t)], dim=-1)
     return pts + noise * torch.randn(n, 2, generator=gen)
@@ -389,7 +395,9 @@ def log_density_2d(name: str, x: Tensor) -> Tensor:
 # --- Real data shipped with scikit-learn ------------------------------------------------------
 
 
-def diabetes(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True) -> RegressionData:
+def diabetes(
+    *, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
+) -> RegressionData:
     """scikit-learn's diabetes regression set (442 patients, 10 features), split and standardized.
 
     The standardizers are fit on the training part only and kept on the result, so predictions
@@ -421,7 +429,9 @@ def diabetes(*, test_fraction: float = 0.2, seed: int = 0, standardize: bool = T
     )
 
 
-def digits(*, test_fraction: float = 0.2, seed: int = 0, flatten: bool = False) -> ClassificationData:
+def digits(
+    *, test_fraction: float = 0.2, seed: int = 0, flatten: bool = False
+) -> ClassificationData:
     """scikit-learn's handwritten digits: 1,797 images of 8 x 8 pixels scaled to ``[0, 1]``.
 
     Arguments:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -83,7 +84,7 @@ class MLP(nn.Sequential):
         check_probability("dropout", dropout)
         widths = [in_features, *hidden]
         layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(widths):
             layers.append(nn.Linear(fan_in, fan_out))
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:

@@ -70,7 +70,7 @@ class History:
         return torch.nn.functional.conv1d(loss.view(1, 1, -1), kernel).flatten()
 
 
-class scale_data_plate(Messenger):  # noqa: N801 -- used like Pyro's lower-case handlers
+class scale_data_plate(Messenger):
     """Effect handler that multiplies the log-density of every site inside the plate named
     ``plate`` by ``scale``.
 

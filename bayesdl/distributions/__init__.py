@@ -1,0 +1,1 @@
+"""Conditional distributions p(y | x) as modules: mixture density networks (and flows)."""

@@ -1,0 +1,1 @@
+"""The lecture's experiments behind the ``bayesdl`` command line (fit, tabulate, plot)."""

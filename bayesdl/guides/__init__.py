@@ -1,0 +1,1 @@
+"""Variational families q(w) for Bayesian neural networks."""

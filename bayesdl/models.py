@@ -1,0 +1,208 @@
+"""Pyro programs built from a plain torch network, a prior over its weights and a likelihood.
+
+:class:`BNN` turns any ``nn.Module`` into a Pyro model ``model(x, y=None)``: the selected
+parameters become sample sites with explicit priors, the others stay point estimates in Pyro's
+param store, and the likelihood supplies the observation site inside ``pyro.plate("data", N)``.
+The network itself is never rewritten: the sampled weights are passed through
+:func:`torch.func.functional_call`, so the same module runs in ordinary torch code, in the Pyro
+model, and - vectorised with :func:`torch.vmap` - over a whole set of posterior samples.
+
+The lecture's Bayesian neural network: a prior ``p(w)``, a likelihood ``p(y | x, w)``, the
+posterior ``p(w | d)`` and the posterior predictive
+``p(y | x, d) = integral p(y | x, w) p(w | d) dw``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.params.param_store import param_with_module_name
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from bayesdl._validation import check_choice
+from bayesdl.likelihoods import Likelihood
+from bayesdl.priors import PriorLike, resolve_prior
+
+__all__ = ["BNN", "select_parameters"]
+
+Selection = str | Sequence[str] | Callable[[str, Tensor], bool]
+
+
+def select_parameters(net: nn.Module, bayesian: Selection) -> list[str]:
+    """Names of the parameters of ``net`` that are to be Bayesian.
+
+    Arguments:
+        net: The network.
+        bayesian: ``"all"``, ``"none"``, ``"last"`` (the parameters of the last module that owns
+            any, e.g. the output layer of an MLP: "last-layer Bayesian"), an explicit list of
+            parameter names, or a predicate ``(name, param) -> bool``.
+    """
+    names = [n for n, _ in net.named_parameters()]
+    if isinstance(bayesian, str):
+        check_choice("bayesian", bayesian, ("all", "none", "last"))
+        if bayesian == "all":
+            return names
+        if bayesian == "none":
+            return []
+        owners = [m for m, mod in net.named_modules() if any(True for _ in mod.parameters(False))]
+        if not owners:
+            return []
+        prefix = owners[-1]
+        return [n for n in names if n.rpartition(".")[0] == prefix]
+    if callable(bayesian):
+        return [n for n, p in net.named_parameters() if bayesian(n, p)]
+    chosen = list(bayesian)
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise ValueError(f"bayesian names unknown parameters {unknown}; the network has {names}")
+    return [n for n in names if n in chosen]
+
+
+class BNN(nn.Module):
+    """A neural network as a Pyro program: ``w ~ p(w)``, ``y_i ~ p(y | x_i, w)``.
+
+    Sample sites: ``"net.<param>"`` for every Bayesian parameter (e.g. ``"net.0.weight"``), the
+    likelihood's own globals (``"sigma"`` for a homoscedastic noise with a prior), and ``"obs"``
+    inside ``pyro.plate("data", N)``. So ``pyro.infer.SVI``, ``MCMC(NUTS(model))``, ``Predictive``
+    and :func:`bayesdl.fit` (with minibatches) take it unchanged.
+
+    With ``prior=None`` (or ``bayesian="none"``) no weight is a sample site: fitting with no
+    guide is then maximum likelihood, the point-estimate networks of the aleatoric part of the
+    lecture.
+
+    Arguments:
+        net: Any torch module mapping inputs ``(N, ...)`` to outputs ``(N, K)`` with
+            ``K = likelihood.output_size()``.
+        likelihood: A :class:`~bayesdl.likelihoods.Likelihood`.
+        prior: Prior over the Bayesian weights (see :func:`bayesdl.priors.resolve_prior`), or
+            ``None`` for point estimates.
+        bayesian: Which parameters are Bayesian (see :func:`select_parameters`).
+        name: Prefix of the point-estimate parameters in Pyro's param store.
+
+    Example:
+        >>> from bayesdl.nn import MLP
+        >>> from bayesdl.likelihoods import Homoscedastic
+        >>> model = BNN(MLP(1, 1, hidden=(10,)), Homoscedastic(prior=dist.LogNormal(-1.0, 1.0)))
+        >>> sorted(model.latent_sites)
+        ['net.0.bias', 'net.0.weight', 'net.2.bias', 'net.2.weight', 'sigma']
+
+    References:
+        Neal, R. M. (1995). Bayesian learning for neural networks. PhD thesis, University of
+        Toronto.
+
+        Blundell, C., Cornebise, J., Kavukcuoglu, K., & Wierstra, D. (2015). Weight uncertainty in
+        neural networks. ICML.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        likelihood: Likelihood,
+        prior: PriorLike | None = "normal",
+        *,
+        bayesian: Selection = "all",
+        name: str = "bnn",
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if not isinstance(likelihood, Likelihood):
+            raise TypeError(
+                f"likelihood must be a bayesdl.likelihoods.Likelihood, got {type(likelihood).__name__}"
+            )
+        if "$$$" in name:
+            raise ValueError(f"name must not contain '$$$', got {name!r}")
+        self.net = net
+        self.likelihood = likelihood
+        self.name = name
+        self.prior = None if prior is None else resolve_prior(prior)
+        self.bayesian_names: tuple[str, ...] = (
+            () if prior is None else tuple(select_parameters(net, bayesian))
+        )
+        bayes = {f"net.{n}" for n in self.bayesian_names}
+        self._point_names = tuple(n for n, _ in self.named_parameters() if n not in bayes)
+        self._prior_cache: dict[tuple[torch.device, torch.dtype], dict[str, dist.Distribution]] = {}
+
+    # -- structure -------------------------------------------------------------------------
+
+    @property
+    def task(self) -> str:
+        """``"regression"`` or ``"classification"``, from the likelihood."""
+        return self.likelihood.task
+
+    @property
+    def weight_sites(self) -> tuple[str, ...]:
+        """Names of the sample sites of the Bayesian weights, in network order."""
+        return tuple(f"net.{n}" for n in self.bayesian_names)
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """All latent sample sites: Bayesian weights and the likelihood's global sites."""
+        extra = ("sigma",) if getattr(self.likelihood, "prior", None) is not None else ()
+        return self.weight_sites + extra
+
+    def initial_values(self) -> dict[str, Tensor]:
+        """The network's current values of its Bayesian weights, keyed by site name (to start
+        a guide or a sampler from a torch initialisation)."""
+        params = dict(self.net.named_parameters())
+        return {f"net.{n}": params[n].detach().clone() for n in self.bayesian_names}
+
+    def priors(self) -> dict[str, dist.Distribution]:
+        """The prior distribution of every Bayesian weight site (cached per device and dtype)."""
+        params = dict(self.net.named_parameters())
+        if not params:
+            return {}
+        ref = next(iter(params.values()))
+        key = (ref.device, ref.dtype)
+        if key not in self._prior_cache:
+            assert self.prior is not None or not self.bayesian_names
+            self._prior_cache = {
+                key: {f"net.{n}": self.prior(n, params[n]) for n in self.bayesian_names}  # type: ignore[misc]
+            }
+        return self._prior_cache[key]
+
+    # -- the Pyro program ------------------------------------------------------------------
+
+    def _register_point_parameters(self) -> None:
+        for path in self._point_names:
+            module_path, _, leaf = path.rpartition(".")
+            owner = self.get_submodule(module_path) if module_path else self
+            value = owner._parameters[leaf]
+            stored = pyro.param(param_with_module_name(self.name, path), value)
+            if (
+                stored is not value
+            ):  # an existing store entry wins, as with pyro.module(update=True)
+                owner._parameters[leaf] = stored  # type: ignore[assignment]
+
+    def network_output(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        """The network's output with ``weights`` (site name -> value) substituted.
+
+        Weights with a leading sample dimension ``S`` give outputs ``(S, N, K)``, computed with
+        :func:`torch.vmap` rather than a loop over samples.
+        """
+        if not weights:
+            return self.net(x)
+        local = {name[4:]: value for name, value in weights.items()}
+        first = f"net.{self.bayesian_names[0]}"
+        param_ndim = dict(self.net.named_parameters())[self.bayesian_names[0]].ndim
+        if weights[first].ndim == param_ndim:
+            return functional_call(self.net, local, (x,), strict=False)
+        return torch.vmap(lambda w: functional_call(self.net, w, (x,), strict=False))(local)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Run the Pyro program; returns the observed (or sampled) targets."""
+        self._register_point_parameters()
+        weights = {site: pyro.sample(site, prior) for site, prior in self.priors().items()}
+        output = self.network_output(x, weights)
+        globals_ = self.likelihood.sample_globals()
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", self.likelihood(output, **globals_), obs=y)
+
+    def conditional(self, x: Tensor) -> dist.Distribution:
+        """``p(y | x, w)`` at the module's current weights (the fitted network of a
+        point-estimate model; for a Bayesian model, use :func:`bayesdl.inference.predict`)."""
+        return self.likelihood(self.net(x))
