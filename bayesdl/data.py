@@ -40,7 +40,7 @@ DENSITIES_2D = ("moons", "8gaussians", "checkerboard", "rings")
 _EXACT_2D = ("8gaussians", "checkerboard")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Standardizer:
     """Affine map ``(v - mean) / std`` that remembers the statistics of the data it was fit on.
 
@@ -78,10 +78,10 @@ class Standardizer:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> Standardizer:
-        return cls(state["mean"], state["std"])
+        return cls(state["mean"].clone(), state["std"].clone())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RegressionData:
     """A regression set split into train and test parts.
 
@@ -108,7 +108,7 @@ class RegressionData:
     y_scaler: Standardizer | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClassificationData:
     """A classification set split into train and test parts (labels are ``torch.long``)."""
 
@@ -202,21 +202,19 @@ def bishop_branches(y: float, *, tol: float = 1e-7) -> Tensor:
     flipped problem at input ``y``, found by a dense scan and bisection to ``tol``."""
     grid = torch.linspace(0.0, 1.0, 20001, dtype=torch.float64)
     g = bishop_mean(grid) - y
-    idx = torch.nonzero(torch.sign(g[:-1]) * torch.sign(g[1:]) <= 0).flatten()
-    roots = []
-    for i in idx.tolist():
+    roots = grid[g == 0].tolist()  # exact hits on the scan
+    for i in torch.nonzero(g[:-1] * g[1:] < 0).flatten().tolist():
         lo, hi = grid[i].item(), grid[i + 1].item()
-        flo = bishop_mean(torch.tensor(lo, dtype=torch.float64)).item() - y
+        increasing = g[i].item() < 0
         while hi - lo > tol:
             mid = 0.5 * (lo + hi)
-            fmid = bishop_mean(torch.tensor(mid, dtype=torch.float64)).item() - y
-            if (fmid <= 0) == (flo <= 0):
-                lo, flo = mid, fmid
+            below = bishop_mean(torch.tensor(mid, dtype=torch.float64)).item() < y
+            if below == increasing:
+                lo = mid
             else:
                 hi = mid
-        root = 0.5 * (lo + hi)
-        if not roots or root - roots[-1] > 10 * tol:
-            roots.append(root)
+        roots.append(0.5 * (lo + hi))
+    roots.sort()
     return torch.tensor(roots, dtype=torch.get_default_dtype())
 
 
@@ -388,7 +386,7 @@ def log_density_2d(name: str, x: Tensor) -> Tensor:
         return torch.logsumexp(log_comp, dim=-1) - math.log(8)
     i = torch.floor((x[..., 0] + 4) / 2)
     j = torch.floor((x[..., 1] + 4) / 2)
-    inside = (x.abs() < 4).all(-1) & ((i + j) % 2 == 0)
+    inside = ((x >= -4) & (x < 4)).all(-1) & ((i + j) % 2 == 0)
     return torch.where(inside, torch.full_like(i, -math.log(32.0)), torch.full_like(i, -math.inf))
 
 

@@ -25,8 +25,9 @@ __all__ = ["History", "TrainingDivergedError", "fit", "scale_data_plate"]
 class TrainingDivergedError(FloatingPointError):
     """Raised when the loss or the parameters stop being finite.
 
-    The parameter store holds the last parameters for which the loss and every parameter were
-    finite; ``history`` holds the losses up to the failing step.
+    The parameter store is rolled back to the parameters the failing step started from (the
+    last update whose result was finite everywhere); parameters first created in the failing
+    step are removed. ``history`` holds the losses of the completed steps.
     """
 
     def __init__(self, step: int, loss: float, history: History) -> None:
@@ -219,18 +220,24 @@ def fit(
     try:
         for step in bar:
             value = svi.step(*next_batch())
-            if len(store) != len(params):  # a site created a new parameter mid-fit
-                params = [p for _, p in store.named_parameters()]
-                snapshot = [p.detach().clone() for p in params]
+            grown = len(store) != len(params)  # a site created a new parameter mid-fit
+            current = [p for _, p in store.named_parameters()] if grown else params
             with torch.no_grad():
                 finite = math.isfinite(value) and bool(
-                    torch.isfinite(torch.stack(torch._foreach_norm(params))).all()
+                    torch.isfinite(torch.stack(torch._foreach_norm(current))).all()
                 )
                 if not finite:
                     torch._foreach_copy_(params, snapshot)
+                    if grown:  # parameters born in the failing step have no finite past
+                        known = {id(p) for p in params}
+                        for name in [n for n, p in store.named_parameters() if id(p) not in known]:
+                            del store[name]
                     history.wall_time = time.perf_counter() - start
                     raise TrainingDivergedError(step, value, history)
-                torch._foreach_copy_(snapshot, params)
+                if grown:
+                    params, snapshot = current, [p.detach().clone() for p in current]
+                else:
+                    torch._foreach_copy_(snapshot, params)
             history.loss.append(value)
             if step % refresh == 0:
                 bar.set_postfix(loss=f"{value:.4g}", refresh=False)
