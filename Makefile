@@ -9,6 +9,12 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 OUT ?= bayesdl-output
 
+# Idle OpenMP workers spin by default and steal the core that Pyro's Python-heavy steps need;
+# on a 2-core machine that costs 2-5x whenever anything else runs (benchmarks/README.md).
+export OMP_WAIT_POLICY ?= PASSIVE
+# mkdocs-material prints a banner about MkDocs 2.0 on every build.
+export NO_MKDOCS_2_WARNING ?= 1
+
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed-$(EXTRAS)

@@ -16,12 +16,12 @@ import bayesdl
 __all__ = ["build_parser", "main"]
 
 
-def _add_common(parser: argparse.ArgumentParser, default_output: str) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_output: str, writes: str) -> None:
     parser.add_argument(
         "--output",
         type=Path,
         default=Path(default_output),
-        help="folder for figures, tables and InferenceData (default: %(default)s)",
+        help=f"folder for {writes} (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SVI (mean-field, low-rank) vs HMC (NUTS) on a Bayesian neural network",
         description=(
             "Fit one Bayesian MLP by mean-field SVI (Bayes by backprop), low-rank SVI and NUTS, "
-            "then print a table of test NLL, RMSE, CRPS, 90%% coverage, fit time, ESS/s, R-hat "
+            "then print a table of test NLL, RMSE, CRPS, 90% coverage, fit time, ESS/s, R-hat "
             "and agreement with HMC, and write a figure and ArviZ InferenceData (netCDF)."
         ),
     )
@@ -54,17 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="toy",
         help="toy: 1-D regression with a gap in the inputs; diabetes: scikit-learn's set",
     )
-    _add_common(compare, "bayesdl-output")
+    _add_common(compare, "bayesdl-output", "the figure, results.json, InferenceData and posteriors")
 
     aleatoric = sub.add_parser(
         "aleatoric",
         help="homoscedastic vs heteroscedastic regression, and an MDN on Bishop's flipped problem",
         description=(
             "Fit a homoscedastic and a heteroscedastic Gaussian network and a mixture density "
-            "network, print test NLL, RMSE, CRPS and 90%% coverage, and write the figures."
+            "network, print test NLL, RMSE, CRPS and 90% coverage, and write the figures."
         ),
     )
-    _add_common(aleatoric, "bayesdl-output/aleatoric")
+    _add_common(aleatoric, "bayesdl-output/aleatoric", "the figures and results.json")
     return parser
 
 

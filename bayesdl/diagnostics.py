@@ -11,10 +11,10 @@ weights: :func:`convergence_summary` reports them there.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import arviz as az
 import numpy as np
 import torch
 from torch import Tensor
@@ -23,6 +23,11 @@ from bayesdl._validation import check_positive
 from bayesdl.inference.mcmc import MCMCResult
 from bayesdl.inference.predictive import Posterior, posterior_samples, predict
 from bayesdl.models import BNN
+
+with warnings.catch_warnings():
+    # ArviZ 0.2x announces its 1.0 refactor on import; bayesdl pins arviz < 1 on purpose.
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
 
 __all__ = ["convergence_summary", "plot_rank", "plot_trace", "to_inference_data"]
 

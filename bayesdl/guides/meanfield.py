@@ -8,6 +8,7 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
+from pyro.distributions import constraints
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_value
@@ -31,8 +32,8 @@ class MeanFieldNormal(AutoNormal):
 
     Unlike :class:`pyro.infer.autoguide.AutoNormal`, which samples an auxiliary Normal and
     returns the weight through a ``Delta`` site, each latent site here *is* the Normal (or, for a
-    constrained site such as a noise scale, the Normal pushed through the support's bijection, a
-    LogNormal for ``sigma > 0``). With :class:`pyro.infer.TraceMeanField_ELBO` the
+    constrained site the Normal pushed through the support's bijection: a ``LogNormal`` for a
+    positive site such as the noise scale ``sigma``). With :class:`pyro.infer.TraceMeanField_ELBO` the
     ``KL(q || p)`` of every site whose prior has a registered KL (Normal, or LogNormal against
     this guide's LogNormal) is then computed in closed form rather than sampled, which removes
     the KL's Monte Carlo noise from the gradient; other priors (e.g. Laplace) fall back to the
@@ -66,7 +67,7 @@ class MeanFieldNormal(AutoNormal):
                 init_from_network(model) if isinstance(model, nn.Module) else init_to_median
             )
         super().__init__(model, init_loc_fn=init_loc_fn, init_scale=float(init_scale))
-        self._site_plan: list[tuple[str, Any, bool, int, tuple[str, ...]]] | None = None
+        self._site_plan: list[tuple[str, Any, str, int, tuple[str, ...]]] | None = None
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)
@@ -74,9 +75,16 @@ class MeanFieldNormal(AutoNormal):
         plan = []
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             transform = biject_to(site["fn"].support)
-            is_real = is_real_support(site["fn"].support)
+            support = site["fn"].support
+            # kind: how the Normal over the unconstrained value becomes the site's distribution.
+            if is_real_support(support):
+                kind = "real"
+            elif support is constraints.positive:
+                kind = "positive"  # LogNormal: has a closed-form KL against a LogNormal prior
+            else:
+                kind = "transformed"
             plates = tuple(f.name for f in site["cond_indep_stack"] if f.vectorized)
-            plan.append((name, transform, is_real, self._event_dims[name], plates))
+            plan.append((name, transform, kind, self._event_dims[name], plates))
         self._site_plan = plan
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -85,11 +93,15 @@ class MeanFieldNormal(AutoNormal):
         assert self._site_plan is not None
         plates = self._create_plates(*args, **kwargs) if any(p[4] for p in self._site_plan) else {}
         result = {}
-        for name, transform, is_real, event_dim, site_plates in self._site_plan:
+        for name, transform, kind, event_dim, site_plates in self._site_plan:
             loc, scale = self._get_loc_and_scale(name)
-            fn: dist.Distribution = dist.Normal(loc, scale)
-            if not is_real:
-                fn = dist.TransformedDistribution(fn, [transform])
+            fn: dist.Distribution
+            if kind == "real":
+                fn = dist.Normal(loc, scale)
+            elif kind == "positive":
+                fn = dist.LogNormal(loc, scale)
+            else:
+                fn = dist.TransformedDistribution(dist.Normal(loc, scale), [transform])
             fn = fn.to_event(event_dim) if event_dim else fn
             if site_plates:
                 with ExitStack() as stack:

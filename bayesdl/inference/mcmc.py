@@ -220,6 +220,7 @@ def run_mcmc(
     full_mass: bool = False,
     seed: int = 0,
     progress: bool = True,
+    num_threads: int | None = 1,
 ) -> MCMCResult:
     """Sample the posterior of ``model`` given ``(x, y)`` with NUTS or HMC.
 
@@ -239,6 +240,10 @@ def run_mcmc(
         full_mass: Adapt a dense mass matrix instead of a diagonal one.
         seed: Seed of chain ``c`` is ``seed + c``.
         progress: Show Pyro's progress bar.
+        num_threads: torch intra-op threads while sampling (restored afterwards). A leapfrog step
+            of a small network is a chain of tiny operations where handing work to other
+            threads costs more than it saves, so the default is 1; ``None`` keeps torch's
+            setting (for large data sets).
 
     Returns:
         An :class:`MCMCResult`; ``bayesdl.diagnostics.to_inference_data`` turns it into ArviZ
@@ -278,6 +283,10 @@ def run_mcmc(
     divergences, step_sizes, accept, grads = [], [], [], []
     start = time.perf_counter()
     was_training = model.training
+    threads = torch.get_num_threads()
+    if num_threads is not None:
+        check_positive("num_threads", num_threads, integer=True)
+        torch.set_num_threads(num_threads)
     model.eval()
     try:
         for chain in range(num_chains):
@@ -323,6 +332,7 @@ def run_mcmc(
             grads.append(counter[0])
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
     settings = {
         "num_samples": num_samples,
