@@ -110,7 +110,8 @@ def compare_posteriors(
             "fit_time_s": fitted.fit_time,
         }
         if isinstance(fitted.posterior, MCMCResult):
-            idata = to_inference_data(model, fitted.posterior, x_eval, seed=seed)
+            # Convergence of the identifiable quantities at the test inputs (sigma and f).
+            idata = to_inference_data(model, fitted.posterior, x_test, seed=seed)
             conv = convergence_summary(idata)
             row.update(
                 max_rhat=conv["max_rhat"],
