@@ -27,6 +27,7 @@ from pyro.optim import Adam
 
 import bayesdl
 from bayesdl.data import homoscedastic
+from bayesdl.guides import MeanFieldNormal
 from bayesdl.likelihoods import Homoscedastic
 from bayesdl.models import BNN
 from bayesdl.nn import MLP
@@ -120,13 +121,29 @@ def _pyro_state(state: dict[str, Any], validate: bool) -> Iterator[None]:
         pyro.enable_validation(old)
 
 
+def _autonormal(model: Any) -> Any:
+    return AutoNormal(model, init_scale=INIT_SCALE)
+
+
+def _meanfield(model: Any) -> Any:
+    return MeanFieldNormal(model, init_scale=INIT_SCALE)
+
+
+def _flat_bnn() -> BNN:
+    likelihood = Homoscedastic(prior=dist.LogNormal(*SIGMA_PRIOR))
+    return BNN(MLP(1, 1, HIDDEN, "tanh"), likelihood, flat=True)
+
+
 def _svi(
-    loss: Callable[[], ELBO], validate: bool, make_model: Callable[[], Any] = _bnn
+    loss: Callable[[], ELBO],
+    validate: bool,
+    make_model: Callable[[], Any] = _bnn,
+    make_guide: Callable[[Any], Any] = _autonormal,
 ) -> Callable[[], Prepared]:
     def setup() -> Prepared:
         x, y = _data()
         model = make_model()
-        guide = AutoNormal(model, init_scale=INIT_SCALE)
+        guide = make_guide(model)
         svi = SVI(model, guide, Adam({"lr": LR}), loss())
         state: dict[str, Any] = {"params": {}, "constraints": {}}
 
@@ -263,6 +280,14 @@ BENCHMARKS = [
             Variant("Trace_ELBO, validation off", _svi(Trace_ELBO, False)),
             Variant("JitTrace_ELBO", _svi(JitTrace_ELBO, True)),
             Variant("TraceMeanField_ELBO, validation on", _svi(TraceMeanField_ELBO, True)),
+            Variant(
+                "BNN(flat=True) + MeanFieldNormal, TraceMeanField_ELBO, validation on",
+                _svi(TraceMeanField_ELBO, True, _flat_bnn, _meanfield),
+            ),
+            Variant(
+                "BNN(flat=True) + MeanFieldNormal, TraceMeanField_ELBO, validation off",
+                _svi(TraceMeanField_ELBO, False, _flat_bnn, _meanfield),
+            ),
             Variant("bayesdl.fit, num_steps={block}", _fit(True), block=FIT_STEPS),
             Variant("bayesdl.fit, num_steps={block}, progress=False", _fit(False), block=FIT_STEPS),
             Variant(

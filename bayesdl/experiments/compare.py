@@ -94,6 +94,7 @@ def _build_model(in_features: int, hidden: tuple[int, ...]) -> BNN:
         MLP(in_features, 1, hidden=hidden, activation="tanh"),
         Homoscedastic(prior=dist.LogNormal(-1.0, 1.0)),
         prior=normal(1.0),
+        flat=True,  # one weight site: about half the cost of an SVI step
     )
 
 

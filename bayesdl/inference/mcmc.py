@@ -194,8 +194,7 @@ def _chain_initialisation(model: BNN, seed: int) -> dict[str, Tensor]:
         for module in net.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    params = dict(net.named_parameters())
-    init = {f"net.{n}": params[n].detach().clone() for n in model.bayesian_names}
+    init = model.site_values(dict(net.named_parameters()))
     for name, prior in _global_priors(model).items():
         with torch.random.fork_rng():
             torch.manual_seed(seed)
