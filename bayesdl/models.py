@@ -232,10 +232,17 @@ class BNN(nn.Module):
             module_path, _, leaf = path.rpartition(".")
             owner = self.get_submodule(module_path) if module_path else self
             value = owner._parameters[leaf]
-            stored = pyro.param(param_with_module_name(self.name, path), value)
-            if (
-                stored is not value
-            ):  # an existing store entry wins, as with pyro.module(update=True)
+            full_name = param_with_module_name(self.name, path)
+            stored = pyro.param(full_name, value)
+            if stored is not value:
+                if stored.shape != value.shape:
+                    raise ValueError(
+                        f"Pyro's param store already holds {full_name!r} with shape "
+                        f"{tuple(stored.shape)}, but this model's parameter has shape "
+                        f"{tuple(value.shape)}: call pyro.clear_param_store() or give this model "
+                        "another name="
+                    )
+                # An existing store entry wins, as with pyro.module(update_module_params=True).
                 owner._parameters[leaf] = stored  # type: ignore[assignment]
 
     def network_output(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:

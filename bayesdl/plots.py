@@ -262,7 +262,8 @@ def plot_conditional_density(
         vmax=vmax,
         interpolation="nearest",
     )
-    ax.figure.colorbar(image, ax=ax, label="p(y | x)")
+    clipped = vmax is not None and float(density.max()) > vmax
+    ax.figure.colorbar(image, ax=ax, label="p(y | x)", extend="max" if clipped else "neither")
     if data is not None:
         xd = _vector("data[0]", data[0])
         yd = _like("data[1]", data[1], xd)
