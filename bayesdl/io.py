@@ -137,11 +137,16 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # weights_only=True names the global it refused; anything else is not a pickle of ours.
+        if "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            raise ValueError(
+                f"refusing to load {path}: it holds objects other than tensors and plain "
+                f"containers (weights_only=True rejected it: {err})"
+            ) from err
         raise ValueError(
-            f"refusing to load {path}: it holds objects other than tensors and plain containers "
-            f"(weights_only=True rejected it: {err})"
+            f"{path} is not a readable bayesdl posterior file (truncated or foreign): {err}"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # the legacy reader fails on foreign bytes in many ways
         raise ValueError(
             f"{path} is not a readable bayesdl posterior file (truncated or foreign): {err}"
         ) from err

@@ -68,7 +68,9 @@ class BNN(nn.Module):
     Sample sites: ``"net.<param>"`` for every Bayesian parameter (e.g. ``"net.0.weight"``), the
     likelihood's own globals (``"sigma"`` for a homoscedastic noise with a prior), and ``"obs"``
     inside ``pyro.plate("data", N)``. So ``pyro.infer.SVI``, ``MCMC(NUTS(model))``, ``Predictive``
-    and :func:`bayesdl.fit` (with minibatches) take it unchanged.
+    and :func:`bayesdl.fit` (with minibatches) take it unchanged. Several ELBO particles work
+    with ``vectorize_particles=False``; vectorised particles are not supported (the network is
+    evaluated over one leading sample dimension only).
 
     With ``prior=None`` (or ``bayesian="none"``) no weight is a sample site: fitting with no
     guide is then maximum likelihood, the point-estimate networks of the aleatoric part of the

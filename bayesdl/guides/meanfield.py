@@ -36,8 +36,9 @@ class MeanFieldNormal(AutoNormal):
     positive site such as the noise scale ``sigma``). With :class:`pyro.infer.TraceMeanField_ELBO` the
     ``KL(q || p)`` of every site whose prior has a registered KL (Normal, or LogNormal against
     this guide's LogNormal) is then computed in closed form rather than sampled, which removes
-    the KL's Monte Carlo noise from the gradient; other priors (e.g. Laplace) fall back to the
-    sampled estimate automatically. With ``Trace_ELBO`` it behaves like AutoNormal with one site
+    the KL's Monte Carlo noise from the gradient (torch also registers KL(Normal || Laplace), so
+    a Laplace prior is analytic too); priors without a registered KL fall back to the sampled
+    estimate automatically. With ``Trace_ELBO`` it behaves like AutoNormal with one site
     less per weight.
 
     Arguments:

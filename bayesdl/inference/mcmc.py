@@ -156,7 +156,9 @@ class MCMCResult:
             (constrained) spaces.
         divergences: Boolean ``(chains, draws)``: the trajectory of that draw diverged.
         step_size: Adapted step size of each chain.
-        acceptance_rate: Mean acceptance statistic of each chain after warm-up.
+        acceptance_rate: Pyro's acceptance rate of each chain after warm-up: the fraction of
+            iterations whose draw moved (close to 1 for NUTS, which nearly always moves; it is
+            not the mean Metropolis acceptance probability that the step size is tuned to).
         num_gradients: Potential-gradient evaluations of each chain (warm-up included).
         wall_time: Seconds spent sampling (all chains).
         kernel: ``"nuts"`` or ``"hmc"``.
@@ -235,7 +237,10 @@ def run_mcmc(
             are divergences.
         max_tree_depth: NUTS tree depth limit (at most ``2^depth - 1`` gradients per draw).
         step_size: Initial step size.
-        num_steps: Leapfrog steps per HMC proposal (``kernel="hmc"`` only).
+        num_steps: With the initial ``step_size``, sets the HMC trajectory length
+            ``step_size * num_steps`` (``kernel="hmc"`` only). Pyro keeps that *length* fixed
+            while it adapts the step size, so the number of leapfrog steps per proposal becomes
+            ``length / adapted step size``.
         full_mass: Adapt a dense mass matrix instead of a diagonal one.
         seed: Seed of chain ``c`` is ``seed + c``.
         progress: Show Pyro's progress bar.
@@ -320,14 +325,17 @@ def run_mcmc(
             )
             mcmc.run()
             chains.append(potential.unflatten(mcmc.get_samples()["z"]))
-            diag = mcmc.diagnostics()
+            # The kernel's record as MCMC kept it at the end of the chain (the kernel resets
+            # itself afterwards); MCMC.diagnostics() would also compute a split R-hat, which
+            # needs at least 4 draws.
+            diag = (getattr(mcmc, "_diagnostics", None) or [None])[0] or {}
             flags = torch.zeros(num_samples, dtype=torch.bool)
-            idx = diag.get("divergences", {}).get("chain 0", [])
-            if len(idx):
+            idx = [i for i in diag.get("divergences", []) if 0 <= i < num_samples]
+            if idx:
                 flags[torch.as_tensor(idx, dtype=torch.long)] = True
             divergences.append(flags)
             step_sizes.append(float(k.step_size))
-            accept.append(float(diag.get("acceptance rate", {}).get("chain 0", float("nan"))))
+            accept.append(float(diag.get("acceptance rate", float("nan"))))
             grads.append(counter[0])
     finally:
         model.train(was_training)
