@@ -132,6 +132,8 @@ class BNN(nn.Module):
         )
         bayes = {f"net.{n}" for n in self.bayesian_names}
         self._point_names = tuple(n for n, _ in self.named_parameters() if n not in bayes)
+        params = dict(net.named_parameters())
+        self._bayesian_shapes = tuple(params[n].shape for n in self.bayesian_names)
         self.flat = bool(flat) and bool(self.bayesian_names)
         if self.flat and not isinstance(self.prior, (Prior, _FromDistribution)):
             raise ValueError(
@@ -176,8 +178,7 @@ class BNN(nn.Module):
 
     def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Network-parameter views ``{name: (..., *shape)}`` of flat weights ``(..., D)``."""
-        params = dict(self.net.named_parameters())
-        shapes = [params[n].shape for n in self.bayesian_names]
+        shapes = self._bayesian_shapes  # cached: reading a parameter's shape breaks jit tracing
         sizes = [shape.numel() for shape in shapes]
         batch = flat.shape[:-1]
         return {

@@ -16,13 +16,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
 import torch
+import torch.nn.functional as F
 from pyro.distributions.transforms import biject_to
 from pyro.infer import HMC, MCMC, NUTS
-from torch import Tensor
+from torch import Tensor, nn
 
 from bayesdl._constraints import is_real_support
 from bayesdl._validation import (
@@ -74,6 +77,11 @@ class FlatPotential:
         self.sizes = [max(1, int(torch.Size(self.shapes[n]).numel())) for n in self.sites]
         self.dim = sum(self.sizes)
         self.num_weights = sum(self.sizes[: len(self.weight_priors)])
+        # Direct layer calls (traceable) when the network is an MLP-like Sequential.
+        self._sequential = isinstance(model.net, nn.Sequential) and all(
+            isinstance(m, nn.Linear) or not any(True for _ in m.parameters())
+            for m in model.net.children()
+        )
         # Fused Normal prior: one scale vector over all weights, when the model's prior allows.
         self._weight_scale: Tensor | None = None
         prior = model.prior
@@ -89,6 +97,47 @@ class FlatPotential:
             self._weight_const = -(
                 self._weight_scale.log().sum() + 0.5 * self.num_weights * math.log(2 * math.pi)
             )
+
+    def _network(self, weights: dict[str, Tensor]) -> Tensor:
+        """The network output with ``weights`` substituted; for a ``Sequential`` of ``Linear``
+        layers and parameter-free modules (an MLP) by direct calls, which ``torch.jit.trace``
+        can record (``functional_call`` cannot)."""
+        if not self._sequential:
+            return self.model.network_output(self.x, weights)
+        if self.model.flat:
+            params = self.model._unflatten(weights["weights"])
+        else:
+            params = {name[4:]: value for name, value in weights.items()}
+        h = self.x
+        for name, module in self.model.net.named_children():
+            if isinstance(module, nn.Linear):
+                weight = params.get(f"{name}.weight", module.weight)
+                bias = params.get(f"{name}.bias", module.bias)
+                h = F.linear(h, weight, bias)
+            else:
+                h = module(h)
+        return h
+
+    def trace(self) -> Callable[[dict[str, Tensor]], Tensor]:
+        """A ``torch.jit.trace`` of this potential (same ``{"z": z}`` protocol), checked against
+        the eager one at random points; returns the eager potential if tracing fails."""
+        if not self._sequential:
+            return self
+        example = torch.randn(self.dim, dtype=self.x.dtype, device=self.x.device)
+        try:
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about constant shapes
+                traced = torch.jit.trace(lambda z: self({"z": z}), (example,), check_trace=False)
+            for _ in range(3):
+                z = torch.randn_like(example)
+                if not torch.allclose(traced(z), self({"z": z}), rtol=1e-4, atol=1e-4):
+                    raise RuntimeError("the traced potential disagrees with the eager one")
+        except Exception as err:  # tracing is an optimisation: fall back, but say so
+            warnings.warn(
+                f"JIT tracing of the potential failed ({err}); sampling eagerly", stacklevel=2
+            )
+            return self
+        return lambda params: traced(params["z"])
 
     def unflatten(self, z: Tensor) -> dict[str, Tensor]:
         """Constrained site values from ``z`` of shape ``(..., dim)``."""
@@ -137,7 +186,7 @@ class FlatPotential:
             log_joint = log_joint + self.transforms[name].log_abs_det_jacobian(u, value).sum()
             log_joint = log_joint + self.global_priors[name].log_prob(value).sum()
             globals_[name] = value
-        output = self.model.network_output(self.x, weights)
+        output = self._network(weights)
         log_joint = log_joint + self.model.likelihood(output, **globals_).log_prob(self.y).sum()
         return -log_joint
 
@@ -222,6 +271,7 @@ def run_mcmc(
     seed: int = 0,
     progress: bool = True,
     num_threads: int | None = 1,
+    jit_compile: bool = True,
 ) -> MCMCResult:
     """Sample the posterior of ``model`` given ``(x, y)`` with NUTS or HMC.
 
@@ -244,6 +294,9 @@ def run_mcmc(
         full_mass: Adapt a dense mass matrix instead of a diagonal one.
         seed: Seed of chain ``c`` is ``seed + c``.
         progress: Show Pyro's progress bar.
+        jit_compile: Record the potential with ``torch.jit.trace`` (MLP-like networks; others,
+            or a failed trace, sample eagerly with a warning). The trace is checked against the
+            eager potential before use.
         num_threads: torch intra-op threads while sampling (restored afterwards). A leapfrog step
             of a small network is a chain of tiny operations where handing work to other
             threads costs more than it saves, so the default is 1; ``None`` keeps torch's
@@ -277,11 +330,12 @@ def run_mcmc(
     check_positive("num_steps", num_steps, integer=True)
 
     potential = FlatPotential(model, x, y)
+    energy = potential.trace() if jit_compile else potential
     counter = [0]
 
     def counted(params: dict[str, Tensor]) -> Tensor:
         counter[0] += 1
-        return potential(params)
+        return energy(params)
 
     chains: list[dict[str, Tensor]] = []
     divergences, step_sizes, accept, grads = [], [], [], []
@@ -349,6 +403,7 @@ def run_mcmc(
         "max_tree_depth": max_tree_depth,
         "full_mass": full_mass,
         "seed": seed,
+        "jit_compile": jit_compile,
     }
     return MCMCResult(
         samples=samples,
