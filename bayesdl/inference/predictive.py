@@ -98,6 +98,13 @@ class Prediction:
 
 
 def _sample_guide(guide: Callable[..., Any], num_samples: int, x: Tensor, sites: tuple[str, ...]):
+    trace = getattr(guide, "prototype_trace", None)
+    obs = None if trace is None else trace.nodes.get("obs")
+    if obs is not None and not obs["is_observed"]:
+        raise ValueError(
+            "the guide was first run without targets, so it treats 'obs' as latent: set it up "
+            "with observed data, e.g. guide(x_train, y_train) or bayesdl.fit(model, guide, x, y)"
+        )
     samples = Predictive(guide, num_samples=num_samples, parallel=True)(x, None)
     missing = [s for s in sites if s not in samples]
     if missing:
@@ -157,6 +164,18 @@ def posterior_samples(
         return _sample_guide(posterior, num_samples, x, sites)  # type: ignore[arg-type]
 
 
+_CHUNK_BYTES = 32 * 2**20
+
+
+def _auto_chunk(model: BNN, samples: dict[str, Tensor], x: Tensor) -> int | None:
+    """Rows per pass so that an ``(S, rows, width)`` float intermediate stays near 32 MB, with
+    the widest parameter dimension standing in for the widest layer."""
+    num_samples = next(iter(samples.values())).shape[0] if samples else 1
+    width = max((max(p.shape) for p in model.net.parameters() if p.ndim), default=1)
+    rows = _CHUNK_BYTES // (4 * num_samples * width)
+    return None if rows >= x.shape[0] else max(64, int(rows))
+
+
 def _predict_chunk(model: BNN, samples: dict[str, Tensor], x: Tensor) -> Tensor:
     weights = {s: samples[s] for s in model.weight_sites}
     out = model.network_output(x, weights)
@@ -172,12 +191,14 @@ def predict(
     *,
     num_samples: int | None = 100,
     seed: int | None = None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> Prediction:
     """Posterior predictive of ``model`` at inputs ``x`` under ``posterior``.
 
     All posterior samples go through the network together (``torch.vmap`` over the sample
-    dimension). ``chunk_size`` splits the *inputs* to bound memory on large ``x``.
+    dimension). ``chunk_size`` splits the *inputs* to bound memory on large ``x``: every layer
+    of the vectorised pass holds an ``(S, rows, width)`` tensor, and gigabyte-sized
+    intermediates cost more in page faults than in arithmetic (``make bench``).
 
     Arguments:
         model: The :class:`~bayesdl.models.BNN` that was fitted.
@@ -185,7 +206,9 @@ def predict(
         x: Inputs ``(N, ...)``.
         num_samples: Number of posterior samples ``S``.
         seed: Seed for the posterior draws.
-        chunk_size: Rows of ``x`` per vectorised pass (``None``: all at once).
+        chunk_size: Rows of ``x`` per vectorised pass: ``"auto"`` keeps each layer's
+            ``(S, rows, width)`` intermediate near 32 MB, an int fixes it, ``None`` passes all
+            rows at once.
 
     Returns:
         A :class:`Prediction`; ``prediction.uncertainty`` holds the decomposition.
@@ -209,6 +232,8 @@ def predict(
     model.eval()  # no nn.Dropout noise on top of the posterior's own randomness
     try:
         with torch.no_grad():
+            if chunk_size == "auto":
+                chunk_size = _auto_chunk(model, samples, x)
             if chunk_size is None:
                 output = _predict_chunk(model, samples, x)
             else:
