@@ -86,17 +86,6 @@ def current_params():
 # --- fit learns -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def single_thread():
-    """Run on one intra-op thread: the matrices are tiny, and on a busy 2-core machine the BLAS
-    threads of a (1600 x 16) network contend so badly that this test ran ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.usefixtures("single_thread")
 def test_fit_recovers_homoscedastic_noise():
     d = data.homoscedastic(2000, noise_std=0.2, seed=0)
     net = MLP(1, 1, hidden=(16, 16), activation="tanh")

@@ -13,7 +13,6 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal
-from torch import nn
 
 from bayesdl.guides import MeanFieldNormal, init_from_network, low_rank
 from bayesdl.inference import fit
@@ -21,7 +20,7 @@ from bayesdl.likelihoods import Homoscedastic
 from bayesdl.models import BNN
 from bayesdl.nn import MLP
 from bayesdl.priors import laplace, normal
-from tests.common import assert_close
+from tests.common import assert_close, conjugate_problem
 
 SITES = ("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "sigma")
 
@@ -207,29 +206,6 @@ def test_meanfield_handles_local_latent_sites_in_a_plate():
 
 
 # --- mean-field SVI against the exact posterior -----------------------------------------------
-
-
-def conjugate_problem():
-    """Bayesian linear regression with known noise on correlated inputs.
-
-    ``y = x w + b + eps``, ``eps ~ N(0, s^2)``, ``[w, b] ~ N(0, tau^2 I)``; the posterior over
-    ``theta = [w_1, w_2, b]`` is ``N(m, S)`` with ``S = (Phi^T Phi / s^2 + I / tau^2)^-1`` and
-    ``m = S Phi^T y / s^2``, ``Phi = [x, 1]``. The two inputs are strongly correlated
-    (posterior correlation of the weights ~ -0.90), so a mean-field approximation is visibly too
-    narrow (its optimal variances ``1 / A_ii`` are ~0.10 of the exact marginal variances).
-    """
-    n, s, tau = 50, 0.5, 1.0
-    gen = torch.Generator().manual_seed(0)
-    z = torch.randn(n, generator=gen)
-    x = torch.stack([z, z + 0.5 * torch.randn(n, generator=gen)], dim=-1) + 1.0
-    y = x @ torch.tensor([0.7, -0.4]) + 0.3 + s * torch.randn(n, generator=gen)
-    phi = torch.cat([x, torch.ones(n, 1)], dim=-1).double()
-    precision = phi.T @ phi / s**2 + torch.eye(3, dtype=torch.float64) / tau**2
-    cov = torch.linalg.inv(precision)
-    mean = cov @ phi.T @ y.double() / s**2
-    torch.manual_seed(0)
-    model = BNN(nn.Linear(2, 1), Homoscedastic(sigma=s, learn=False), prior=normal(tau))
-    return model, x, y, mean, cov, precision
 
 
 @pytest.mark.slow

@@ -20,15 +20,6 @@ from tests.common import assert_close
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: on a busy two-core machine a second torch thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy(n: int = 64, seed: int = 0, dtype: torch.dtype = torch.float64):
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 1, generator=gen, dtype=dtype) * 6 - 3

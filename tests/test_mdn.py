@@ -21,15 +21,6 @@ from bayesdl.nn import MLP
 from tests.common import assert_close
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: on a busy two-core machine a second torch thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def set_mixture(mdn: MixtureDensityNetwork, weights, means, scales) -> None:
     """Make the MDN output the same mixture for every input (zero output weights)."""
     k = mdn.num_components
