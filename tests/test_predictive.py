@@ -104,7 +104,14 @@ def test_all_samples_pass_through_the_network_in_one_call():
     model = regression_model()
     x, y = xy(n=10)
     calls = []
-    model.net.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    assert model.is_mlp  # an MLP runs as broadcasting matmuls over the sample dimension
+    batched = model._mlp_output
+
+    def spy(inputs, params):
+        calls.append(inputs.shape)
+        return batched(inputs, params)
+
+    model._mlp_output = spy
     samples = prior_samples(model, 50)
     full = predict(model, samples, x, num_samples=None)
     assert len(calls) == 1
@@ -321,3 +328,33 @@ def test_guide_missing_a_site_is_reported():
         predict(model, guide, x, num_samples=2)
     # The guide was traced on its own model only.
     assert "sigma" not in poutine.trace(guide).get_trace(x, y).nodes
+
+
+class _Residual(nn.Module):
+    """Not an MLP (a skip connection): the predictive falls back to vmap over functional_call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(1, 6)
+        self.outer = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.outer(torch.tanh(self.inner(x))) + x
+
+
+@pytest.mark.parametrize("net", ["mlp", "residual"])
+def test_vectorised_outputs_equal_a_loop_of_plain_forwards(net):
+    torch.manual_seed(0)
+    module = MLP(1, 1, hidden=(6,)) if net == "mlp" else _Residual()
+    model = BNN(module, Homoscedastic(prior=dist.LogNormal(-1.0, 1.0)))
+    assert model.is_mlp == (net == "mlp")
+    samples = prior_samples(model, 7)
+    x = torch.linspace(-2, 2, 9).unsqueeze(-1)
+    pred = predict(model, samples, x, num_samples=None)
+    for s in range(7):
+        weights = {name: samples[name][s] for name in model.weight_sites}
+        with torch.no_grad():
+            expected = torch.func.functional_call(
+                model.net, {k[4:]: v for k, v in weights.items()}, (x,)
+            )
+        assert_close(pred.output[s], expected, atol=1e-6)

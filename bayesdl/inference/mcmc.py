@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro.distributions.transforms import biject_to
 from pyro.infer import HMC, MCMC, NUTS
-from torch import Tensor, nn
+from torch import Tensor
 
 from bayesdl._constraints import is_real_support
 from bayesdl._validation import (
@@ -77,11 +76,6 @@ class FlatPotential:
         self.sizes = [max(1, int(torch.Size(self.shapes[n]).numel())) for n in self.sites]
         self.dim = sum(self.sizes)
         self.num_weights = sum(self.sizes[: len(self.weight_priors)])
-        # Direct layer calls (traceable) when the network is an MLP-like Sequential.
-        self._sequential = isinstance(model.net, nn.Sequential) and all(
-            isinstance(m, nn.Linear) or not any(True for _ in m.parameters())
-            for m in model.net.children()
-        )
         # Fused Normal prior: one scale vector over all weights, when the model's prior allows.
         self._weight_scale: Tensor | None = None
         prior = model.prior
@@ -98,30 +92,10 @@ class FlatPotential:
                 self._weight_scale.log().sum() + 0.5 * self.num_weights * math.log(2 * math.pi)
             )
 
-    def _network(self, weights: dict[str, Tensor]) -> Tensor:
-        """The network output with ``weights`` substituted; for a ``Sequential`` of ``Linear``
-        layers and parameter-free modules (an MLP) by direct calls, which ``torch.jit.trace``
-        can record (``functional_call`` cannot)."""
-        if not self._sequential:
-            return self.model.network_output(self.x, weights)
-        if self.model.flat:
-            params = self.model._unflatten(weights["weights"])
-        else:
-            params = {name[4:]: value for name, value in weights.items()}
-        h = self.x
-        for name, module in self.model.net.named_children():
-            if isinstance(module, nn.Linear):
-                weight = params.get(f"{name}.weight", module.weight)
-                bias = params.get(f"{name}.bias", module.bias)
-                h = F.linear(h, weight, bias)
-            else:
-                h = module(h)
-        return h
-
     def trace(self) -> Callable[[dict[str, Tensor]], Tensor]:
         """A ``torch.jit.trace`` of this potential (same ``{"z": z}`` protocol), checked against
         the eager one at random points; returns the eager potential if tracing fails."""
-        if not self._sequential:
+        if not self.model.is_mlp:  # functional_call cannot be traced
             return self
         example = torch.randn(self.dim, dtype=self.x.dtype, device=self.x.device)
         try:
@@ -186,7 +160,7 @@ class FlatPotential:
             log_joint = log_joint + self.transforms[name].log_abs_det_jacobian(u, value).sum()
             log_joint = log_joint + self.global_priors[name].log_prob(value).sum()
             globals_[name] = value
-        output = self._network(weights)
+        output = self.model.network_output(self.x, weights)
         log_joint = log_joint + self.model.likelihood(output, **globals_).log_prob(self.y).sum()
         return -log_joint
 
