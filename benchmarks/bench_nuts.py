@@ -1,6 +1,6 @@
 """NUTS on a small BNN: cost per potential gradient, and short runs with ESS per second.
 
-Model (the one of ``the project's shared PERFORMANCE.md``): MLP 1-10-1 tanh with ``N(0, 1)`` priors on its
+Model (the one of the project's shared PERFORMANCE.md): MLP 1-10-1 tanh with ``N(0, 1)`` priors on its
 31 weights, Gaussian likelihood with ``sigma ~ LogNormal(-1, 1)``, the 100 training points of
 ``bayesdl.data.bishop(125, noise_std=0.1)``.
 
