@@ -107,17 +107,14 @@ def _figure(
     num_samples: int,
     seed: int,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # The object-oriented API: no pyplot, so a caller's backend (e.g. a notebook's) is untouched.
+    from matplotlib.figure import Figure
 
     from bayesdl.plots import plot_predictive_band, plot_uncertainty_split
 
     names = list(fits)
-    fig, axes = plt.subplots(
-        2, len(names), figsize=(4.2 * len(names), 6.5), sharex=True, squeeze=False
-    )
+    fig = Figure(figsize=(4.2 * len(names), 6.5))
+    axes = fig.subplots(2, len(names), sharex=True, squeeze=False)
     for j, name in enumerate(names):
         post = fits[name].samples_or_guide()
         n = None if fits[name].kind == "mcmc" else num_samples
@@ -142,7 +139,6 @@ def _figure(
     fig.suptitle("Posterior predictive: SVI vs HMC (grey: the gap in the training inputs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def run_compare(
@@ -155,6 +151,8 @@ def run_compare(
     config: CompareConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Fit one BNN three ways and compare them; print the table and write the outputs.
+
+    Starts from an empty Pyro param store (it clears the global one).
 
     Writes ``comparison.png`` (toy data), ``results.json``, ``idata_<method>.nc`` (ArviZ
     InferenceData at the test inputs) and ``posterior_<method>.pt`` (reloadable with
