@@ -164,16 +164,18 @@ def posterior_samples(
         return _sample_guide(posterior, num_samples, x, sites)  # type: ignore[arg-type]
 
 
-_CHUNK_BYTES = 32 * 2**20
+# Below glibc's largest mmap threshold (32 MB), freed blocks stay in the heap and are reused;
+# above it, every chunk is a fresh mmap whose pages fault in again.
+_CHUNK_BYTES = 4 * 2**20
 
 
 def _auto_chunk(model: BNN, samples: dict[str, Tensor], x: Tensor) -> int | None:
-    """Rows per pass so that an ``(S, rows, width)`` float intermediate stays near 32 MB, with
+    """Rows per pass so that an ``(S, rows, width)`` float intermediate stays near 4 MB, with
     the widest parameter dimension standing in for the widest layer."""
     num_samples = next(iter(samples.values())).shape[0] if samples else 1
     width = max((max(p.shape) for p in model.net.parameters() if p.ndim), default=1)
     rows = _CHUNK_BYTES // (4 * num_samples * width)
-    return None if rows >= x.shape[0] else max(64, int(rows))
+    return None if rows >= x.shape[0] else max(16, int(rows))
 
 
 def _predict_chunk(model: BNN, samples: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -207,7 +209,7 @@ def predict(
         num_samples: Number of posterior samples ``S``.
         seed: Seed for the posterior draws.
         chunk_size: Rows of ``x`` per vectorised pass: ``"auto"`` keeps each layer's
-            ``(S, rows, width)`` intermediate near 32 MB, an int fixes it, ``None`` passes all
+            ``(S, rows, width)`` intermediate near 4 MB, an int fixes it, ``None`` passes all
             rows at once.
 
     Returns:
