@@ -324,26 +324,18 @@ def run_mcmc(
         for chain in range(num_chains):
             pyro.set_rng_seed(seed + chain)
             counter[0] = 0
+            common = dict(
+                potential_fn=counted,
+                step_size=step_size,
+                adapt_step_size=True,
+                adapt_mass_matrix=True,
+                full_mass=full_mass,
+                target_accept_prob=target_accept_prob,
+            )
             if kernel == "nuts":
-                k = NUTS(
-                    potential_fn=counted,
-                    step_size=step_size,
-                    adapt_step_size=True,
-                    adapt_mass_matrix=True,
-                    full_mass=full_mass,
-                    target_accept_prob=target_accept_prob,
-                    max_tree_depth=max_tree_depth,
-                )
+                k = NUTS(**common, max_tree_depth=max_tree_depth)
             else:
-                k = HMC(
-                    potential_fn=counted,
-                    step_size=step_size,
-                    num_steps=num_steps,
-                    adapt_step_size=True,
-                    adapt_mass_matrix=True,
-                    full_mass=full_mass,
-                    target_accept_prob=target_accept_prob,
-                )
+                k = HMC(**common, num_steps=num_steps)
             mcmc = MCMC(
                 k,
                 num_samples=num_samples,
