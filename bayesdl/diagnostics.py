@@ -58,7 +58,8 @@ def to_inference_data(
 
     Returns:
         InferenceData with groups ``posterior``, ``posterior_predictive``, ``observed_data`` (if
-        ``y`` is given) and, for MCMC, ``sample_stats`` (``diverging``).
+        ``y`` is given) and, for MCMC, ``sample_stats`` (``diverging``; ``n_steps`` and
+        ``reached_max_treedepth`` where the run recorded them).
     """
     if isinstance(posterior, MCMCResult):
         chained = posterior.samples
@@ -88,6 +89,9 @@ def to_inference_data(
         groups["observed_data"] = {"obs": _numpy(y)}
     if isinstance(posterior, MCMCResult):
         groups["sample_stats"] = {"diverging": _numpy(posterior.divergences)}
+        if posterior.num_steps.numel():
+            groups["sample_stats"]["n_steps"] = _numpy(posterior.num_steps)
+            groups["sample_stats"]["reached_max_treedepth"] = _numpy(posterior.tree_depth_hits)
     dims = {"obs": ["obs_id"], "f": ["obs_id"], "probs": ["obs_id", "class"]}
     return az.from_dict(**groups, dims=dims)
 

@@ -110,6 +110,7 @@ def save_posterior(
             "wall_time": posterior.wall_time,
             "kernel": posterior.kernel,
             "settings": dict(posterior.settings),
+            "num_steps": posterior.num_steps.cpu(),
         }
     elif isinstance(posterior, dict):
         payload["kind"] = "samples"
@@ -197,6 +198,7 @@ def load_posterior(
             wall_time=stats["wall_time"],
             kernel=stats["kernel"],
             settings=stats["settings"],
+            num_steps=stats.get("num_steps", torch.zeros(0, dtype=torch.long)),
         )
     if kind == "samples":
         return payload["samples"]

@@ -18,7 +18,15 @@ import bayesdl.priors as priors
 from bayesdl import data
 from bayesdl.diagnostics import convergence_summary, to_inference_data
 from bayesdl.inference import predict
-from bayesdl.inference.mcmc import FlatPotential, MCMCResult, potential_energy, run_mcmc
+from bayesdl.inference.mcmc import (
+    FlatPotential,
+    MCMCResult,
+    SamplerWarning,
+    _chain_initialisation,
+    find_map,
+    potential_energy,
+    run_mcmc,
+)
 from bayesdl.likelihoods import Categorical, Heteroscedastic, Homoscedastic
 from bayesdl.models import BNN
 from bayesdl.nn import MLP
@@ -80,6 +88,24 @@ def _case(name):
     if name == "flat_laplace":
         net = MLP(3, 1, hidden=(4,))
         return BNN(net, Homoscedastic(prior=noise), prior=priors.laplace(0.5), flat=True), x, y
+    if name in ("relu", "sigmoid", "erf", "gelu", "two_hidden_tanh"):
+        act = "tanh" if name == "two_hidden_tanh" else name
+        hidden = (4, 3) if name == "two_hidden_tanh" else (4,)
+        return BNN(MLP(3, 1, hidden, act), Homoscedastic(prior=noise), prior="normal"), x, y
+    if name == "halfnormal_sigma":
+        net = MLP(3, 1, hidden=(4,))
+        return BNN(net, Homoscedastic(prior=dist.HalfNormal(0.5)), prior="normal"), x, y
+    if name == "exponential_sigma":
+        net = MLP(3, 1, hidden=(4,))
+        return BNN(net, Homoscedastic(prior=dist.Exponential(3.0)), prior="normal"), x, y
+    if name == "gamma_sigma":
+        net = MLP(3, 1, hidden=(4,))
+        return BNN(net, Homoscedastic(prior=dist.Gamma(2.0, 4.0)), prior="normal"), x, y
+    if name == "learned_point_sigma":
+        return BNN(MLP(3, 1, hidden=(4,)), Homoscedastic(sigma=0.6), prior="normal"), x, y
+    if name == "first_layer_only":
+        net = MLP(3, 1, hidden=(4,))
+        return BNN(net, Homoscedastic(prior=noise), bayesian=["0.weight", "0.bias"]), x, y
     if name == "student_t":
         net = MLP(3, 1, hidden=(4,))
         return BNN(net, Homoscedastic(sigma=0.7, learn=False), prior=dist.StudentT(3.0)), x, y
@@ -97,7 +123,21 @@ CASES = [
     "student_t",
     "flat",
     "flat_laplace",
+    "relu",
+    "sigmoid",
+    "erf",
+    "gelu",
+    "two_hidden_tanh",
+    "halfnormal_sigma",
+    "exponential_sigma",
+    "gamma_sigma",
+    "learned_point_sigma",
+    "first_layer_only",
 ]
+
+# Cases whose gradient is backpropagated by hand (FlatPotential.analytic); the others, with a
+# prior, activation or sigma prior outside the hand-written set, keep autograd.
+AUTOGRAD_CASES = {"positive_weights", "student_t", "gelu", "gamma_sigma"}
 
 
 @pytest.mark.usefixtures("float64")
@@ -107,6 +147,7 @@ def test_flat_potential_equals_pyro_potential(name):
     _, pyro_potential, transforms, _ = initialize_model(model, model_args=(x, y))
     potential = potential_energy(model, x, y)
     assert isinstance(potential, FlatPotential)
+    assert potential.analytic == (name not in AUTOGRAD_CASES)
     assert potential.sites == list(model.latent_sites)
     assert potential.dim == sum(
         int(torch.Size(p.event_shape).numel()) for p in model.priors().values()
@@ -128,6 +169,29 @@ def test_flat_potential_equals_pyro_potential(name):
         (grad_theirs,) = torch.autograd.grad(theirs, z)
         assert_close(grad_ours, grad_theirs, atol=1e-9, rtol=1e-9)
         assert grad_ours.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - AUTOGRAD_CASES))
+def test_traced_hand_gradient_equals_autograd(name):
+    """What NUTS calls (``potential_grad`` on the traced potential) gives autograd's gradient of
+    the plain potential, in float32, the dtype users sample in."""
+    from pyro.ops.integrator import potential_grad
+
+    model, x, y = _case(name)
+    fast = FlatPotential(model, x, y)
+    slow = FlatPotential(model, x, y, analytic=False)
+    assert fast.analytic and not slow.analytic
+    traced = fast.trace()
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        z = 0.7 * torch.randn(fast.dim, generator=gen)
+        grads, value = potential_grad(traced, {"z": z.clone()})
+        grads_ref, value_ref = potential_grad(slow, {"z": z.clone()})
+        assert_close(value, value_ref, rtol=1e-5, atol=1e-4)
+        assert_close(grads["z"], grads_ref["z"], rtol=1e-4, atol=1e-4)
+        u, g = fast.value_and_grad(z)
+        assert_close(u, value_ref, rtol=1e-5, atol=1e-4)
+        assert_close(g, grads_ref["z"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.usefixtures("float64")
@@ -209,6 +273,122 @@ def test_run_mcmc_result_structure_and_reproducibility():
     shifted = run_mcmc(model, x, y, seed=4, **{**kwargs, "num_chains": 1})
     assert torch.equal(shifted.samples["sigma"][0], result.samples["sigma"][1])
     assert model.training  # the model's mode is restored
+
+
+def test_run_mcmc_records_leapfrog_steps_and_tree_depth_hits():
+    model, x, y = _small_regression()
+    with pytest.warns(SamplerWarning, match="max_tree_depth=2"):
+        result = run_mcmc(
+            model,
+            x,
+            y,
+            num_samples=12,
+            warmup_steps=8,
+            num_chains=2,
+            max_tree_depth=2,
+            progress=False,
+        )
+    assert result.num_steps.shape == (2, 12)
+    # A depth-2 tree has at most 3 leapfrog steps; at least one is always taken.
+    assert int(result.num_steps.min()) >= 1 and int(result.num_steps.max()) <= 3
+    assert torch.equal(result.tree_depth_hits, result.num_steps == 3)
+    # Kept draws' steps are part of each chain's gradient count (plus warm-up and the start).
+    assert all(int(s.sum()) < g for s, g in zip(result.num_steps, result.num_gradients))
+    idata = to_inference_data(model, result, x, y)
+    assert idata.sample_stats["n_steps"].shape == (2, 12)
+    assert int(idata.sample_stats["reached_max_treedepth"].sum()) == int(
+        result.tree_depth_hits.sum()
+    )
+
+
+def test_run_mcmc_warns_about_divergences():
+    model, x, y = _small_regression()
+    # Adapting the step size to a 1% acceptance target makes nearly every trajectory diverge.
+    kwargs = dict(
+        num_samples=10,
+        warmup_steps=10,
+        num_chains=1,
+        target_accept_prob=0.01,
+        max_tree_depth=3,
+        progress=False,
+        warn_tree_depth=1.0,
+    )
+    with pytest.warns(SamplerWarning, match="diverged"):
+        result = run_mcmc(model, x, y, **kwargs)
+    assert int(result.divergences.sum()) >= 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplerWarning)
+        run_mcmc(model, x, y, warn_divergences=1.0, **kwargs)
+    with pytest.raises(ValueError, match="warn_divergences"):
+        run_mcmc(model, x, y, warn_divergences=1.5)
+
+
+@pytest.mark.usefixtures("float64")
+def test_find_map_reaches_the_closed_form_posterior_mode():
+    """For Bayesian linear regression with known noise the posterior is Gaussian, so its mode
+    is the closed-form posterior mean."""
+    model, x, y, mean, _, _ = conjugate_problem()
+    potential = FlatPotential(model.double(), x.double(), y.double())
+    assert not potential.analytic  # a bare nn.Linear is not a Sequential: autograd path
+    start = torch.zeros(potential.dim)
+    found = find_map(potential, start, num_steps=3000, lr=0.05)
+    assert_close(found, mean, atol=1e-4, rtol=0)
+    assert potential({"z": found}) < potential({"z": start})
+    with pytest.raises(ValueError, match="num_steps"):
+        find_map(potential, start, num_steps=-1)
+    with pytest.raises(ValueError, match="lr"):
+        find_map(potential, start, lr=0.0)
+
+
+def test_run_mcmc_initialisations():
+    model, x, y = _small_regression()
+    kwargs = dict(num_samples=3, warmup_steps=0, num_chains=2, max_tree_depth=1, progress=False)
+    kwargs["warn_tree_depth"] = 1.0
+    # MAP starts fit the data better than the raw torch initialisation they start from.
+    potential = FlatPotential(model, x, y)
+    raw = [potential.flatten(_chain_initialisation(model, c)) for c in range(2)]
+    maps = [find_map(potential, z, num_steps=300) for z in raw]
+    for r, m in zip(raw, maps):
+        assert potential({"z": m}) < potential({"z": r}) - 1.0
+    # A dict start is used by every chain.
+    start = potential.unflatten(maps[0])
+    run_mcmc(model, x, y, init=start, **kwargs)
+    with pytest.raises(ValueError, match="lacks the latent sites"):
+        run_mcmc(model, x, y, init={"sigma": torch.tensor(0.1)}, **kwargs)
+    with pytest.raises(ValueError, match="init"):
+        run_mcmc(model, x, y, init="prior", **kwargs)
+    with pytest.raises(TypeError, match="init"):
+        run_mcmc(model, x, y, init=3, **kwargs)
+    # A fitted guide: one draw per chain.
+    from bayesdl.guides import MeanFieldNormal
+    from bayesdl.inference import fit
+
+    guide = MeanFieldNormal(model)
+    fit(model, guide, x, y, num_steps=50, progress=False)
+    result = run_mcmc(model, x, y, init=guide, **kwargs)
+    assert result.settings["init"] == "MeanFieldNormal"
+
+
+def test_parallel_chains_match_sequential_chains():
+    """Worker processes run the same chains as one process: same seeds, same draws."""
+    model, x, y = _small_regression()
+    kwargs = dict(
+        num_samples=8,
+        warmup_steps=6,
+        num_chains=2,
+        max_tree_depth=3,
+        progress=False,
+        seed=5,
+        warn_tree_depth=1.0,
+    )
+    sequential = run_mcmc(model, x, y, chain_method="sequential", **kwargs)
+    parallel = run_mcmc(model, x, y, chain_method="parallel", **kwargs)
+    for site in sequential.samples:
+        assert torch.equal(sequential.samples[site], parallel.samples[site]), site
+    assert sequential.num_gradients == parallel.num_gradients
+    assert torch.equal(sequential.num_steps, parallel.num_steps)
+    with pytest.raises(ValueError, match="chain_method"):
+        run_mcmc(model, x, y, chain_method="threads")
 
 
 def test_run_mcmc_restores_the_thread_count():

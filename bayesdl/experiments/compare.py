@@ -1,4 +1,5 @@
-"""The main job: one Bayesian MLP fitted by mean-field SVI, low-rank SVI and NUTS, compared.
+"""The main job: one Bayesian MLP fitted by mean-field SVI, low-rank SVI, MC dropout and NUTS,
+compared.
 
 ``bayesdl compare`` runs :func:`run_compare`. On the default data (the lecture's 1-D toy
 regression with a gap in the inputs) the figure shows where the methods agree (on the data) and
@@ -22,7 +23,7 @@ from bayesdl import data as datasets
 from bayesdl._validation import check_choice
 from bayesdl.comparison import Fitted, compare_posteriors, format_table
 from bayesdl.diagnostics import to_inference_data
-from bayesdl.guides import MeanFieldNormal, low_rank
+from bayesdl.guides import DropoutGuide, MeanFieldNormal, low_rank
 from bayesdl.inference import fit, predict
 from bayesdl.inference.mcmc import run_mcmc
 from bayesdl.io import save_inference_data, save_posterior
@@ -43,6 +44,7 @@ class CompareConfig:
     svi_steps: int
     svi_lr: float
     rank: int
+    dropout: float
     num_samples: int
     warmup_steps: int
     num_chains: int
@@ -58,6 +60,7 @@ class CompareConfig:
             svi_steps=3000,
             svi_lr=2e-2,
             rank=10,
+            dropout=0.1,
             num_samples=200,
             warmup_steps=200,
             num_chains=2,
@@ -74,6 +77,7 @@ class CompareConfig:
             svi_steps=150,
             svi_lr=2e-2,
             rank=3,
+            dropout=0.1,
             num_samples=30,
             warmup_steps=30,
             num_chains=2,
@@ -150,7 +154,7 @@ def run_compare(
     progress: bool = True,
     config: CompareConfig | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit one BNN three ways and compare them; print the table and write the outputs.
+    """Fit one BNN four ways and compare them; print the table and write the outputs.
 
     Starts from an empty Pyro param store (it clears the global one).
 
@@ -182,6 +186,9 @@ def run_compare(
     guides = {
         "svi-meanfield": (MeanFieldNormal(model), TraceMeanField_ELBO()),
         "svi-lowrank": (low_rank(model, rank=cfg.rank), Trace_ELBO()),
+        # Dropout is variational inference (Gal & Ghahramani, 2016): MC dropout on the hidden
+        # units, the noise scale a point estimate.
+        "svi-dropout": (DropoutGuide(model, p=cfg.dropout), Trace_ELBO()),
     }
     for name, (guide, loss) in guides.items():
         start = time.perf_counter()

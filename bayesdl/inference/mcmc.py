@@ -7,7 +7,8 @@ plain torch operations (the network through :func:`torch.func.functional_call`),
 :func:`run_mcmc` hands it to Pyro's ``NUTS``/``HMC`` via ``potential_fn``, so sampling still runs
 in Pyro's tested kernels and the samples map back to the model's named sites.
 
-Chains run one after another (each with its own seed and initialisation) and keep their identity
+Chains run one after another or in worker processes (each with its own seed and starting point,
+by default a MAP point from its own torch initialisation) and keep their identity
 (``samples[site]`` has shape ``(chains, draws, ...)``) all the way to ArviZ.
 """
 
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pyro
@@ -35,10 +37,18 @@ from bayesdl._validation import (
     check_same_length,
     check_tensor,
 )
+from bayesdl.inference._analytic import analytic_potential
 from bayesdl.models import BNN
 from bayesdl.priors import Prior
 
-__all__ = ["FlatPotential", "MCMCResult", "potential_energy", "run_mcmc"]
+__all__ = [
+    "FlatPotential",
+    "MCMCResult",
+    "SamplerWarning",
+    "find_map",
+    "potential_energy",
+    "run_mcmc",
+]
 
 
 def _global_priors(model: BNN) -> dict:
@@ -56,15 +66,21 @@ class FlatPotential:
     to a single tensor; the network runs through :func:`torch.func.functional_call` on views of
     ``z``. For the package's Normal priors the prior term is a single fused expression.
 
+    For MLP-shaped models with the package's priors and likelihoods, the gradient is
+    backpropagated by hand instead (:meth:`value_and_grad`, :attr:`analytic`): at a 1-10-1
+    network that removes most of the cost of a gradient, which is autograd's bookkeeping.
+
     Call it with ``{"z": z}`` (the ``potential_fn`` protocol of Pyro's ``HMC``/``NUTS``).
 
     Arguments:
         model: A :class:`~bayesdl.models.BNN` with a prior.
         x: Inputs of the whole data set.
         y: Targets.
+        analytic: Backpropagate by hand where the model allows it; ``False`` always uses
+            autograd.
     """
 
-    def __init__(self, model: BNN, x: Tensor, y: Tensor) -> None:
+    def __init__(self, model: BNN, x: Tensor, y: Tensor, *, analytic: bool = True) -> None:
         self.model, self.x, self.y = model, x, y
         self.weight_priors = model.priors()
         self.global_priors = _global_priors(model)
@@ -91,27 +107,78 @@ class FlatPotential:
             self._weight_const = -(
                 self._weight_scale.log().sum() + 0.5 * self.num_weights * math.log(2 * math.pi)
             )
+        self._analytic = analytic_potential(self) if analytic else None
+
+    @property
+    def analytic(self) -> bool:
+        """Whether the gradient is backpropagated by hand (see :meth:`value_and_grad`)."""
+        return self._analytic is not None
+
+    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(U(z), dU/dz)``, by hand-written backpropagation for MLP-shaped models with the
+        package's priors and likelihoods (no autograd graph), otherwise by autograd."""
+        if self._analytic is not None:
+            with torch.no_grad():
+                return self._analytic(z.detach())
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            u = self({"z": z})
+            (grad,) = torch.autograd.grad(u, z)
+        return u.detach(), grad
 
     def trace(self) -> Callable[[dict[str, Tensor]], Tensor]:
         """A ``torch.jit.trace`` of this potential (same ``{"z": z}`` protocol), checked against
-        the eager one at random points; returns the eager potential if tracing fails."""
-        if not self.model.is_mlp:  # functional_call cannot be traced
-            return self
+        the eager one at random points; returns the eager potential if tracing fails.
+
+        With a hand-differentiated gradient, the traced function computes ``U`` and ``dU/dz``
+        in one graph without autograd, and the potential handed to Pyro returns
+        ``U + <z - stop_grad(z), dU/dz>``: the value is ``U`` and autograd sees one dot
+        product whose gradient is exactly ``dU/dz``.
+        """
         example = torch.randn(self.dim, dtype=self.x.dtype, device=self.x.device)
+        if self._analytic is None and not self.model.is_mlp:  # functional_call cannot be traced
+            return self
         try:
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about constant shapes
-                traced = torch.jit.trace(lambda z: self({"z": z}), (example,), check_trace=False)
+                if self._analytic is not None:
+                    with torch.no_grad():
+                        traced = torch.jit.trace(self._analytic, (example,), check_trace=False)
+                else:
+                    traced = torch.jit.trace(
+                        lambda z: self({"z": z}), (example,), check_trace=False
+                    )
             for _ in range(3):
                 z = torch.randn_like(example)
-                if not torch.allclose(traced(z), self({"z": z}), rtol=1e-4, atol=1e-4):
+                u_ref, g_ref = self._autograd_value_and_grad(z)
+                if self._analytic is not None:
+                    with torch.no_grad():
+                        u, g = traced(z)
+                else:
+                    u, g = u_ref, g_ref
+                    u = traced(z)
+                scale = 1e-4 * (1.0 + u_ref.abs())
+                if not torch.allclose(u, u_ref, rtol=1e-4, atol=float(scale)):
                     raise RuntimeError("the traced potential disagrees with the eager one")
+                if not torch.allclose(
+                    g, g_ref, rtol=1e-3, atol=1e-3 * (1.0 + g_ref.abs().max().item())
+                ):
+                    raise RuntimeError("the traced gradient disagrees with autograd's")
         except Exception as err:  # tracing is an optimisation: fall back, but say so
             warnings.warn(
                 f"JIT tracing of the potential failed ({err}); sampling eagerly", stacklevel=2
             )
             return self
+        if self._analytic is not None:
+            return _carry_gradient(traced)
         return lambda params: traced(params["z"])
+
+    def _autograd_value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            u = self._autograd_call(z)
+            (grad,) = torch.autograd.grad(u, z)
+        return u.detach(), grad
 
     def unflatten(self, z: Tensor) -> dict[str, Tensor]:
         """Constrained site values from ``z`` of shape ``(..., dim)``."""
@@ -134,6 +201,15 @@ class FlatPotential:
 
     def __call__(self, params: dict[str, Tensor]) -> Tensor:
         z = params["z"]
+        if self._analytic is None:
+            return self._autograd_call(z)
+        with torch.no_grad():
+            u, grad = self._analytic(z.detach())
+        if not z.requires_grad:
+            return u
+        return u + torch.dot(z - z.detach(), grad)
+
+    def _autograd_call(self, z: Tensor) -> Tensor:
         pieces = z.split(self.sizes)
         log_joint = z.new_zeros(())
         weights = {}
@@ -165,6 +241,22 @@ class FlatPotential:
         return -log_joint
 
 
+def _carry_gradient(
+    value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
+) -> Callable[[dict[str, Tensor]], Tensor]:
+    """A ``{"z": z} -> U`` potential whose autograd gradient is the given hand-computed one."""
+
+    def potential(params: dict[str, Tensor]) -> Tensor:
+        z = params["z"]
+        with torch.no_grad():
+            u, grad = value_and_grad(z.detach())
+        if not z.requires_grad:
+            return u
+        return u + torch.dot(z - z.detach(), grad)
+
+    return potential
+
+
 def potential_energy(model: BNN, x: Tensor, y: Tensor) -> FlatPotential:
     """The fast potential of ``model`` given ``(x, y)``: see :class:`FlatPotential`."""
     return FlatPotential(model, x, y)
@@ -183,8 +275,10 @@ class MCMCResult:
             iterations whose draw moved (close to 1 for NUTS, which nearly always moves; it is
             not the mean Metropolis acceptance probability that the step size is tuned to).
         num_gradients: Potential-gradient evaluations of each chain (warm-up included).
-        wall_time: Seconds spent sampling (all chains).
+        wall_time: Seconds spent sampling (all chains, initialisation included).
         kernel: ``"nuts"`` or ``"hmc"``.
+        settings: The arguments of the run.
+        num_steps: Leapfrog steps of each kept draw, ``(chains, draws)`` (empty if unknown).
     """
 
     samples: dict[str, Tensor]
@@ -195,6 +289,7 @@ class MCMCResult:
     wall_time: float
     kernel: str = "nuts"
     settings: dict[str, object] = field(default_factory=dict)
+    num_steps: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def num_chains(self) -> int:
@@ -204,10 +299,28 @@ class MCMCResult:
     def num_draws(self) -> int:
         return self.divergences.shape[1]
 
+    @property
+    def tree_depth_hits(self) -> Tensor:
+        """Boolean ``(chains, draws)``: NUTS stopped that trajectory at ``max_tree_depth``
+        (``2^depth - 1`` leapfrog steps) instead of at a U-turn. All False for HMC."""
+        depth = self.settings.get("max_tree_depth")
+        if self.kernel != "nuts" or self.num_steps.numel() == 0 or not isinstance(depth, int):
+            return torch.zeros_like(self.divergences)
+        return self.num_steps >= 2**depth - 1
+
     def flat(self) -> dict[str, Tensor]:
         """Samples with chains concatenated: ``{site: (chains * draws, *site_shape)}``, the form
         that :func:`bayesdl.inference.predict` takes."""
         return {k: v.reshape(-1, *v.shape[2:]) for k, v in self.samples.items()}
+
+
+class SamplerWarning(UserWarning):
+    """NUTS/HMC finished but its draws are suspect: divergent trajectories or trajectories cut
+    at the maximum tree depth."""
+
+
+#: ``init`` choices of :func:`run_mcmc` other than a dict of site values or a guide.
+INITS = ("map", "network")
 
 
 def _chain_initialisation(model: BNN, seed: int) -> dict[str, Tensor]:
@@ -228,6 +341,198 @@ def _chain_initialisation(model: BNN, seed: int) -> dict[str, Tensor]:
     return init
 
 
+def find_map(
+    potential: FlatPotential, z: Tensor, *, num_steps: int = 1000, lr: float = 0.02
+) -> Tensor:
+    """A maximum a posteriori point near ``z``: Adam on ``U`` in the unconstrained space.
+
+    A few hundred gradients are cheap next to one NUTS draw at full tree depth (up to 1,023),
+    and a chain that starts where the posterior has mass spends its warm-up adapting the step
+    size and mass matrix instead of travelling from a random initialisation.
+
+    Arguments:
+        potential: The model's :class:`FlatPotential`.
+        z: Starting point, shape ``(dim,)``.
+        num_steps: Adam steps.
+        lr: Adam's learning rate.
+
+    Returns:
+        The last finite iterate (``z`` itself if the first step is not finite).
+    """
+    check_positive("num_steps", num_steps, strict=False, integer=True)
+    check_positive("lr", lr)
+    point = z.detach().clone().requires_grad_(True)
+    best = z.detach().clone()
+    optimiser = torch.optim.Adam([point], lr=lr)
+    for _ in range(num_steps):
+        u, grad = potential.value_and_grad(point.detach())
+        if not (torch.isfinite(u) and torch.isfinite(grad).all()):
+            break  # keep the last good point: a MAP start must never be NaN
+        best = point.detach().clone()
+        point.grad = grad
+        optimiser.step()
+    u, grad = potential.value_and_grad(point.detach())
+    if torch.isfinite(u) and torch.isfinite(grad).all():
+        best = point.detach().clone()
+    return best
+
+
+def _initial_points(
+    model: BNN,
+    potential: FlatPotential,
+    x: Tensor,
+    init: object,
+    num_chains: int,
+    seed: int,
+    map_steps: int,
+) -> list[Tensor]:
+    """One unconstrained starting vector per chain."""
+    if isinstance(init, str):
+        check_choice("init", init, INITS)
+        points = [
+            potential.flatten(_chain_initialisation(model, seed + c)) for c in range(num_chains)
+        ]
+        if init == "map":
+            points = [find_map(potential, z, num_steps=map_steps) for z in points]
+        return [z.detach() for z in points]
+    if isinstance(init, Mapping):
+        missing = sorted(set(potential.sites) - set(init))
+        if missing:
+            raise ValueError(f"init lacks the latent sites {missing}")
+        values = {k: torch.as_tensor(v, dtype=x.dtype, device=x.device) for k, v in init.items()}
+        z = potential.flatten(values).detach()
+        return [z.clone() for _ in range(num_chains)]
+    if callable(init):  # a fitted guide: one independent draw per chain
+        from bayesdl.inference.predictive import posterior_samples
+
+        draws = posterior_samples(model, init, x, num_samples=num_chains, seed=seed)
+        missing = sorted(set(potential.sites) - set(draws))
+        if missing:
+            raise ValueError(f"the guide given as init does not sample the sites {missing}")
+        return [
+            potential.flatten({k: v[c] for k, v in draws.items()}).detach()
+            for c in range(num_chains)
+        ]
+    raise TypeError(
+        f"init must be one of {list(INITS)}, a dict of site values or a fitted guide, "
+        f"got {type(init).__name__}"
+    )
+
+
+@dataclass
+class _ChainSpec:
+    """Everything one chain needs; picklable, so a worker process can run it."""
+
+    model: BNN
+    x: Tensor
+    y: Tensor
+    z0: Tensor
+    seed: int
+    kernel: str
+    num_samples: int
+    warmup_steps: int
+    target_accept_prob: float
+    max_tree_depth: int
+    step_size: float
+    num_steps: int
+    full_mass: bool
+    jit_compile: bool
+    num_threads: int | None
+    progress: bool
+
+
+def _run_chain(spec: _ChainSpec) -> dict[str, object]:
+    """Run one chain in this process; returns its draws (unconstrained) and statistics."""
+    threads = torch.get_num_threads()
+    if spec.num_threads is not None:
+        torch.set_num_threads(spec.num_threads)
+    was_training = spec.model.training
+    spec.model.eval()
+    try:
+        potential = FlatPotential(spec.model, spec.x, spec.y)
+        energy = potential.trace() if spec.jit_compile else potential
+        counter = [0]
+
+        def counted(params: dict[str, Tensor]) -> Tensor:
+            counter[0] += 1
+            return energy(params)
+
+        marks: list[int] = []
+
+        def hook(kernel: object, samples: object, stage: str, i: int) -> None:
+            marks.append(counter[0])
+
+        pyro.set_rng_seed(spec.seed)
+        common = dict(
+            potential_fn=counted,
+            step_size=spec.step_size,
+            adapt_step_size=True,
+            adapt_mass_matrix=True,
+            full_mass=spec.full_mass,
+            target_accept_prob=spec.target_accept_prob,
+        )
+        if spec.kernel == "nuts":
+            k = NUTS(**common, max_tree_depth=spec.max_tree_depth)
+        else:
+            k = HMC(**common, num_steps=spec.num_steps)
+        mcmc = MCMC(
+            k,
+            num_samples=spec.num_samples,
+            warmup_steps=spec.warmup_steps,
+            initial_params={"z": spec.z0},
+            disable_progbar=not spec.progress,
+            hook_fn=hook,
+        )
+        mcmc.run()
+        z = mcmc.get_samples()["z"]
+        # The kernel's record as MCMC kept it at the end of the chain (the kernel resets itself
+        # afterwards); MCMC.diagnostics() would also compute a split R-hat, which needs at least
+        # 4 draws.
+        diag = (getattr(mcmc, "_diagnostics", None) or [None])[0] or {}
+        flags = torch.zeros(spec.num_samples, dtype=torch.bool)
+        idx = [i for i in diag.get("divergences", []) if 0 <= i < spec.num_samples]
+        if idx:
+            flags[torch.as_tensor(idx, dtype=torch.long)] = True
+        # Gradients per iteration from the counter read after each one; the first iteration
+        # also pays the initial gradient, which is not a leapfrog step.
+        per_iteration = torch.diff(torch.tensor([1, *marks], dtype=torch.long))
+        steps = per_iteration[-spec.num_samples :]
+        if steps.numel() != spec.num_samples:
+            steps = torch.zeros(0, dtype=torch.long)
+        return {
+            "z": z.detach(),
+            "divergences": flags,
+            "step_size": float(k.step_size),
+            "acceptance_rate": float(diag.get("acceptance rate", float("nan"))),
+            "num_gradients": counter[0],
+            "num_steps": steps,
+        }
+    finally:
+        spec.model.train(was_training)
+        torch.set_num_threads(threads)
+
+
+def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list[dict]:
+    """Chains in worker processes (``spawn``: safe after torch has started OpenMP threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_run_chain, spec) for spec in specs]
+        bar = tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress)
+        try:
+            from concurrent.futures import as_completed
+
+            for _ in as_completed(futures):
+                bar.update(1)
+        finally:
+            bar.close()
+        return [f.result() for f in futures]
+
+
 def run_mcmc(
     model: BNN,
     x: Tensor,
@@ -237,6 +542,9 @@ def run_mcmc(
     num_samples: int = 500,
     warmup_steps: int = 500,
     num_chains: int = 2,
+    chain_method: str = "sequential",
+    init: object = "map",
+    map_steps: int = 1000,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     step_size: float = 0.01,
@@ -246,8 +554,13 @@ def run_mcmc(
     progress: bool = True,
     num_threads: int | None = 1,
     jit_compile: bool = True,
+    warn_divergences: float = 0.0,
+    warn_tree_depth: float = 0.25,
 ) -> MCMCResult:
     """Sample the posterior of ``model`` given ``(x, y)`` with NUTS or HMC.
+
+    Sampling runs in Pyro's ``NUTS``/``HMC`` kernels; the potential they integrate is the
+    package's :class:`FlatPotential` (hand-differentiated for MLP-shaped models, then traced).
 
     Arguments:
         model: A :class:`~bayesdl.models.BNN` with a prior (the same object SVI fits).
@@ -255,8 +568,15 @@ def run_mcmc(
         y: Targets.
         kernel: ``"nuts"`` (Hoffman & Gelman, 2014) or ``"hmc"`` (Neal, 2011).
         num_samples: Draws kept per chain.
-        warmup_steps: Adaptation steps per chain (step size and diagonal mass matrix).
-        num_chains: Independent chains, each from its own torch initialisation of the network.
+        warmup_steps: Adaptation steps per chain (step size and mass matrix).
+        num_chains: Independent chains, each from its own starting point and seed.
+        chain_method: ``"sequential"`` (one process) or ``"parallel"`` (one worker process per
+            chain, at most one per CPU core). Both give the same draws for the same seed.
+        init: Where chains start: ``"map"`` (a fresh torch initialisation of the network per
+            chain, then :func:`find_map` from it), ``"network"`` (the torch initialisation
+            itself, noise scale at its prior median), a dict ``{site: value}`` (every chain), or
+            a fitted guide (one draw per chain, e.g. the mean-field SVI posterior).
+        map_steps: Adam steps of the MAP search (``init="map"``).
         target_accept_prob: Target of the step-size adaptation; raise it (0.9-0.95) if there
             are divergences.
         max_tree_depth: NUTS tree depth limit (at most ``2^depth - 1`` gradients per draw).
@@ -267,14 +587,18 @@ def run_mcmc(
             ``length / adapted step size``.
         full_mass: Adapt a dense mass matrix instead of a diagonal one.
         seed: Seed of chain ``c`` is ``seed + c``.
-        progress: Show Pyro's progress bar.
-        jit_compile: Record the potential with ``torch.jit.trace`` (MLP-like networks; others,
-            or a failed trace, sample eagerly with a warning). The trace is checked against the
-            eager potential before use.
+        progress: Show progress (Pyro's bar per chain; a bar over chains when parallel).
         num_threads: torch intra-op threads while sampling (restored afterwards). A leapfrog step
             of a small network is a chain of tiny operations where handing work to other
             threads costs more than it saves, so the default is 1; ``None`` keeps torch's
             setting (for large data sets).
+        jit_compile: Record the potential with ``torch.jit.trace`` (MLP-like networks; others,
+            or a failed trace, sample eagerly with a warning). The trace is checked against the
+            eager potential before use.
+        warn_divergences: Warn (:class:`SamplerWarning`) when more than this fraction of the
+            kept draws diverged.
+        warn_tree_depth: Warn when more than this fraction of the kept NUTS draws stopped at
+            ``max_tree_depth``.
 
     Returns:
         An :class:`MCMCResult`; ``bayesdl.diagnostics.to_inference_data`` turns it into ArviZ
@@ -295,89 +619,108 @@ def run_mcmc(
     check_finite("x", x)
     check_finite("y", y)
     check_choice("kernel", kernel, ("nuts", "hmc"))
+    check_choice("chain_method", chain_method, ("sequential", "parallel"))
     check_positive("num_samples", num_samples, integer=True)
     check_positive("warmup_steps", warmup_steps, strict=False, integer=True)
     check_positive("num_chains", num_chains, integer=True)
+    check_positive("map_steps", map_steps, strict=False, integer=True)
     check_probability("target_accept_prob", target_accept_prob)
     check_positive("max_tree_depth", max_tree_depth, integer=True)
     check_positive("step_size", step_size)
     check_positive("num_steps", num_steps, integer=True)
-
-    potential = FlatPotential(model, x, y)
-    energy = potential.trace() if jit_compile else potential
-    counter = [0]
-
-    def counted(params: dict[str, Tensor]) -> Tensor:
-        counter[0] += 1
-        return energy(params)
-
-    chains: list[dict[str, Tensor]] = []
-    divergences, step_sizes, accept, grads = [], [], [], []
-    start = time.perf_counter()
-    was_training = model.training
-    threads = torch.get_num_threads()
+    check_probability("warn_divergences", warn_divergences, allow_one=True)
+    check_probability("warn_tree_depth", warn_tree_depth, allow_one=True)
     if num_threads is not None:
         check_positive("num_threads", num_threads, integer=True)
+
+    start = time.perf_counter()
+    potential = FlatPotential(model, x, y)
+    threads = torch.get_num_threads()
+    if num_threads is not None:
         torch.set_num_threads(num_threads)
-    model.eval()
     try:
-        for chain in range(num_chains):
-            pyro.set_rng_seed(seed + chain)
-            counter[0] = 0
-            common = dict(
-                potential_fn=counted,
-                step_size=step_size,
-                adapt_step_size=True,
-                adapt_mass_matrix=True,
-                full_mass=full_mass,
-                target_accept_prob=target_accept_prob,
-            )
-            if kernel == "nuts":
-                k = NUTS(**common, max_tree_depth=max_tree_depth)
-            else:
-                k = HMC(**common, num_steps=num_steps)
-            mcmc = MCMC(
-                k,
-                num_samples=num_samples,
-                warmup_steps=warmup_steps,
-                initial_params={"z": potential.flatten(_chain_initialisation(model, seed + chain))},
-                disable_progbar=not progress,
-            )
-            mcmc.run()
-            chains.append(potential.unflatten(mcmc.get_samples()["z"]))
-            # The kernel's record as MCMC kept it at the end of the chain (the kernel resets
-            # itself afterwards); MCMC.diagnostics() would also compute a split R-hat, which
-            # needs at least 4 draws.
-            diag = (getattr(mcmc, "_diagnostics", None) or [None])[0] or {}
-            flags = torch.zeros(num_samples, dtype=torch.bool)
-            idx = [i for i in diag.get("divergences", []) if 0 <= i < num_samples]
-            if idx:
-                flags[torch.as_tensor(idx, dtype=torch.long)] = True
-            divergences.append(flags)
-            step_sizes.append(float(k.step_size))
-            accept.append(float(diag.get("acceptance rate", float("nan"))))
-            grads.append(counter[0])
+        starts = _initial_points(model, potential, x, init, num_chains, seed, map_steps)
     finally:
-        model.train(was_training)
         torch.set_num_threads(threads)
+    specs = [
+        _ChainSpec(
+            model=model,
+            x=x,
+            y=y,
+            z0=starts[c],
+            seed=seed + c,
+            kernel=kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            target_accept_prob=target_accept_prob,
+            max_tree_depth=max_tree_depth,
+            step_size=step_size,
+            num_steps=num_steps,
+            full_mass=full_mass,
+            jit_compile=jit_compile,
+            num_threads=num_threads,
+            progress=progress and chain_method == "sequential",
+        )
+        for c in range(num_chains)
+    ]
+    workers = min(num_chains, os.cpu_count() or 1)
+    if chain_method == "parallel" and workers > 1:
+        runs = _run_parallel(specs, workers, progress)
+    else:
+        runs = [_run_chain(spec) for spec in specs]
+
+    chains = [potential.unflatten(run["z"]) for run in runs]  # type: ignore[arg-type]
     samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}
+    steps = [run["num_steps"] for run in runs]
+    num_steps_tensor = (
+        torch.stack(steps)  # type: ignore[arg-type]
+        if all(s.numel() == num_samples for s in steps)  # type: ignore[attr-defined]
+        else torch.zeros(0, dtype=torch.long)
+    )
     settings = {
         "num_samples": num_samples,
         "warmup_steps": warmup_steps,
         "num_chains": num_chains,
+        "chain_method": chain_method,
+        "init": init if isinstance(init, str) else type(init).__name__,
         "target_accept_prob": target_accept_prob,
         "max_tree_depth": max_tree_depth,
         "full_mass": full_mass,
         "seed": seed,
         "jit_compile": jit_compile,
     }
-    return MCMCResult(
+    result = MCMCResult(
         samples=samples,
-        divergences=torch.stack(divergences),
-        step_size=step_sizes,
-        acceptance_rate=accept,
-        num_gradients=grads,
+        divergences=torch.stack([run["divergences"] for run in runs]),  # type: ignore[misc]
+        step_size=[run["step_size"] for run in runs],  # type: ignore[misc]
+        acceptance_rate=[run["acceptance_rate"] for run in runs],  # type: ignore[misc]
+        num_gradients=[run["num_gradients"] for run in runs],  # type: ignore[misc]
         wall_time=time.perf_counter() - start,
         kernel=kernel,
         settings=settings,
+        num_steps=num_steps_tensor,
     )
+    _warn_if_suspect(result, warn_divergences, warn_tree_depth)
+    return result
+
+
+def _warn_if_suspect(result: MCMCResult, divergences: float, tree_depth: float) -> None:
+    total = result.divergences.numel()
+    diverged = int(result.divergences.sum())
+    if diverged > divergences * total:
+        warnings.warn(
+            f"{diverged} of {total} draws diverged: the sampler missed part of the posterior. "
+            "Raise target_accept_prob (0.9-0.95) or warm up longer.",
+            SamplerWarning,
+            stacklevel=3,
+        )
+    hits = int(result.tree_depth_hits.sum())
+    if hits > tree_depth * total:
+        warnings.warn(
+            f"{hits} of {total} NUTS draws stopped at max_tree_depth="
+            f"{result.settings.get('max_tree_depth')} before a U-turn: the draws are more "
+            "correlated than they need to be. Check the ESS; raise max_tree_depth or try "
+            "full_mass=True.",
+            SamplerWarning,
+            stacklevel=3,
+        )
