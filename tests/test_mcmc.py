@@ -293,7 +293,9 @@ def test_run_mcmc_records_leapfrog_steps_and_tree_depth_hits():
     assert int(result.num_steps.min()) >= 1 and int(result.num_steps.max()) <= 3
     assert torch.equal(result.tree_depth_hits, result.num_steps == 3)
     # Kept draws' steps are part of each chain's gradient count (plus warm-up and the start).
-    assert all(int(s.sum()) < g for s, g in zip(result.num_steps, result.num_gradients))
+    assert all(
+        int(s.sum()) < g for s, g in zip(result.num_steps, result.num_gradients, strict=True)
+    )
     idata = to_inference_data(model, result, x, y)
     assert idata.sample_stats["n_steps"].shape == (2, 12)
     assert int(idata.sample_stats["reached_max_treedepth"].sum()) == int(
@@ -348,7 +350,7 @@ def test_run_mcmc_initialisations():
     potential = FlatPotential(model, x, y)
     raw = [potential.flatten(_chain_initialisation(model, c)) for c in range(2)]
     maps = [find_map(potential, z, num_steps=300) for z in raw]
-    for r, m in zip(raw, maps):
+    for r, m in zip(raw, maps, strict=True):
         assert potential({"z": m}) < potential({"z": r}) - 1.0
     # A dict start is used by every chain.
     start = potential.unflatten(maps[0])
