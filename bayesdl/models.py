@@ -260,8 +260,10 @@ class BNN(nn.Module):
     def network_output(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """The network's output with ``weights`` (site name -> value) substituted.
 
-        Weights with a leading sample dimension ``S`` give outputs ``(S, N, K)``, computed with
-        :func:`torch.vmap` rather than a loop over samples.
+        Weights with a leading sample dimension ``S`` give outputs ``(S, N, K)``. An MLP-like
+        network runs them as broadcasting matmuls, or, without autograd on many inputs, as a
+        loop of plain forwards (the fastest form there); other networks through
+        :func:`torch.vmap`.
         """
         if not weights:
             return self.net(x)
@@ -270,8 +272,10 @@ class BNN(nn.Module):
         else:
             local = {name[4:]: value for name, value in weights.items()}
         if self.is_mlp:
-            output = self._mlp_output(x, local)
             batch = local[self.bayesian_names[0]].shape[: -len(self._bayesian_shapes[0])]
+            if len(batch) == 1 and x.ndim == 2 and self.loops_over_samples(x.shape[0]):
+                return self._mlp_output_per_sample(x, local, batch[0])
+            output = self._mlp_output(x, local)
             if len(batch) >= 2 and batch[-1] == 1:
                 # Inside Pyro's vectorised particle plate the weights carry a singleton in the
                 # data plate's position, (P, 1, *shape): drop it so outputs are (P, N, K).
@@ -282,6 +286,50 @@ class BNN(nn.Module):
         if local[first].ndim == param_ndim:
             return functional_call(self.net, local, (x,), strict=False)
         return torch.vmap(lambda w: functional_call(self.net, w, (x,), strict=False))(local)
+
+    #: Below this many input rows, one batched matmul over all samples beats a loop of plain
+    #: forwards (the per-call overhead dominates); above it the loop wins (``make bench``).
+    LOOP_MIN_ROWS = 128
+
+    def loops_over_samples(self, rows: int) -> bool:
+        """Whether :meth:`network_output` runs posterior samples as a loop of plain forwards
+        (no autograd, an MLP-like network, at least :attr:`LOOP_MIN_ROWS` inputs)."""
+        return self.is_mlp and not torch.is_grad_enabled() and rows >= self.LOOP_MIN_ROWS
+
+    def _mlp_output_per_sample(self, x: Tensor, params: dict[str, Tensor], num: int) -> Tensor:
+        """``(S, N, K)`` outputs as ``S`` plain forwards written into one buffer.
+
+        Each forward is one fused ``addmm`` per layer on that sample's own weights, with the
+        activation in place: the batched matmul over all samples re-reads every sample's
+        weights for each chunk of rows, and for wide layers that traffic and its unfused bias
+        add cost more than the loop's per-call overhead (``benchmarks/README.md``)."""
+        layers = []
+        for name, module in self.net.named_children():
+            if isinstance(module, nn.Linear):
+                weight = params.get(f"{name}.weight", module.weight)
+                bias = params.get(f"{name}.bias", module.bias)
+                layers.append((module, weight, bias))
+            else:
+                layers.append((module, None, None))
+        out: Tensor | None = None
+        for s in range(num):
+            h = x
+            for module, weight, bias in layers:
+                if weight is not None:
+                    w = weight[s] if weight.ndim == 3 else weight
+                    b = bias[s] if bias is not None and bias.ndim == 2 else bias
+                    h = F.linear(h, w, b)
+                elif h is not x and isinstance(module, nn.ReLU):
+                    h = h.relu_()
+                elif h is not x and isinstance(module, nn.Tanh):
+                    h = h.tanh_()
+                else:
+                    h = module(h)
+            if out is None:
+                out = h.new_empty((num, *h.shape))
+            out[s] = h
+        assert out is not None
+        return out
 
     def _mlp_output(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """An MLP's output with ``params`` (network-parameter names) substituted.

@@ -17,6 +17,7 @@ from torch import nn
 import bayesdl.priors as priors
 from bayesdl import data
 from bayesdl.diagnostics import convergence_summary, to_inference_data
+from bayesdl.experiments.compare import CompareConfig
 from bayesdl.inference import predict
 from bayesdl.inference.mcmc import (
     FlatPotential,
@@ -242,7 +243,15 @@ def _small_regression():
 
 def test_run_mcmc_result_structure_and_reproducibility():
     model, x, y = _small_regression()
-    kwargs = dict(num_samples=15, warmup_steps=10, num_chains=2, max_tree_depth=3, progress=False)
+    kwargs = dict(
+        num_samples=15,
+        warmup_steps=10,
+        num_chains=2,
+        max_tree_depth=3,
+        progress=False,
+        chain_method="sequential",
+        warn_tree_depth=1.0,
+    )
     result = run_mcmc(model, x, y, seed=3, **kwargs)
     assert isinstance(result, MCMCResult)
     assert result.num_chains == 2
@@ -490,28 +499,43 @@ def test_run_mcmc_rejects_bad_input():
 
 
 @pytest.mark.slow
-def test_nuts_matches_the_conjugate_posterior():
-    """Observed (seed 0): ESS 198 / 204 / 321, mean errors 0.55 / 0.28 / 0.65 Monte Carlo standard
-    errors, marginal variance ratios 0.91 / 0.90 / 0.95, relative Frobenius error of the
-    covariance 0.095, no divergences; ~15 s."""
+@pytest.mark.parametrize(
+    ("network", "chain_method", "num_chains"),
+    [("linear", "sequential", 2), ("sequential", "vectorized", 4)],
+)
+def test_nuts_matches_the_conjugate_posterior(network, chain_method, num_chains):
+    """Observed (seed 0, sequential): ESS 198 / 204 / 321, mean errors 0.55 / 0.28 / 0.65 Monte
+    Carlo standard errors, marginal variance ratios 0.91 / 0.90 / 0.95, relative Frobenius error
+    of the covariance 0.095, no divergences; ~15 s. The vectorised run samples the product of
+    four copies of the posterior (two per worker process) with the hand-differentiated
+    potential of ``nn.Sequential(nn.Linear)``: each copy must still have the exact marginal."""
     model, x, y, mean, cov, _ = conjugate_problem()
+    if network == "sequential":
+        net = nn.Sequential(nn.Linear(2, 1))
+        model = BNN(net, model.likelihood, prior=priors.normal(1.0))
     result = run_mcmc(
         model,
         x,
         y,
         num_samples=300,
         warmup_steps=300,
-        num_chains=2,
+        num_chains=num_chains,
+        chain_method=chain_method,
         max_tree_depth=5,
         seed=0,
         progress=False,
     )
+    prefix = "net.0" if network == "sequential" else "net"
     draws = torch.cat(
-        [result.samples["net.weight"].reshape(2, 300, 2), result.samples["net.bias"]], dim=-1
+        [
+            result.samples[f"{prefix}.weight"].reshape(num_chains, 300, 2),
+            result.samples[f"{prefix}.bias"],
+        ],
+        dim=-1,
     ).double()
     assert int(result.divergences.sum()) == 0
     ess = torch.as_tensor(az.ess(az.convert_to_dataset({"theta": draws.numpy()}))["theta"].values)
-    assert bool((ess > 100).all()), ess
+    assert bool((ess > 50 * num_chains).all()), ess
     sd = cov.diagonal().sqrt()
     flat = draws.reshape(-1, 3)
     # Posterior mean within 4 Monte Carlo standard errors (sd / sqrt(ESS)) of the exact mean.
@@ -528,6 +552,29 @@ def test_nuts_matches_the_conjugate_posterior():
     corr = cov[0, 1] / (sd[0] * sd[1])
     sample_corr = sample_cov[0, 1] / sample_cov.diagonal()[:2].prod().sqrt()
     assert abs(sample_corr - corr) < 0.05, (sample_corr, corr)
+    # Each copy on its own samples the posterior too (not just their pooled draws).
+    for chain in draws:
+        assert bool(((chain.mean(0) - mean).abs() < 4 * sd / math.sqrt(50)).all())
+
+
+def test_vectorized_potential_is_the_sum_over_chains():
+    from bayesdl.inference.mcmc import _vectorized
+
+    model, x, y = _case("homoscedastic")
+    potential = FlatPotential(model, x, y)
+    z = 0.5 * torch.randn(3, potential.dim, generator=torch.Generator().manual_seed(0))
+    joint = _vectorized(potential, 3)
+    from pyro.ops.integrator import potential_grad
+
+    grads, value = potential_grad(joint, {"z": z.reshape(-1).clone()})
+    singles = [potential_grad(potential, {"z": zc.clone()}) for zc in z]
+    assert_close(value, sum(v for _, v in singles), rtol=1e-5, atol=1e-4)
+    assert_close(grads["z"], torch.cat([g["z"] for g, _ in singles]), rtol=1e-4, atol=1e-4)
+    # The autograd fallback (a model the hand-written gradient does not cover) agrees too.
+    slow = FlatPotential(model, x, y, analytic=False)
+    grads_slow, value_slow = potential_grad(_vectorized(slow, 3), {"z": z.reshape(-1).clone()})
+    assert_close(value_slow, value, rtol=1e-5, atol=1e-4)
+    assert_close(grads_slow["z"], grads["z"], rtol=1e-4, atol=1e-4)
 
 
 # --- a tanh BNN on 1-D data with a gap: uncertainty and convergence at the defaults ----------
@@ -535,11 +582,13 @@ def test_nuts_matches_the_conjugate_posterior():
 
 @pytest.fixture(scope="module")
 def gap_nuts():
-    """NUTS at run_mcmc's default settings except for the chain length (200 warm-up + 200 draws,
-    2 chains) and the tree depth of `bayesdl compare` (7), on a small tanh BNN (1-10-1, N(0, 1)
-    weights, LogNormal(-1, 1) noise scale) and 320 training points with a gap in (-1, 1).
-    Shared by the gap test and the convergence test: every draw hits the depth limit
-    (~48,000 gradients per chain), 85-150 s on the shared 2-core machine."""
+    """NUTS with the sampler settings of `bayesdl compare` (run_mcmc's defaults, but 200 warm-up
+    + 200 draws and tree depth 9: 4 chains as 2 vectorised groups, one per core, each started at
+    a MAP point) on a small tanh BNN (1-10-1, N(0, 1) weights, LogNormal(-1, 1) noise scale) and
+    320 training points with a gap in (-1, 1). Shared by the gap test and the convergence test;
+    every draw hits the depth limit (~200,000 gradients per group), 60-120 s on the shared
+    2-core machine."""
+    cfg = CompareConfig.default()
     d = data.homoscedastic(400, noise_std=0.2, gap=(-1, 1), seed=0)
     pyro.set_rng_seed(0)
     model = BNN(
@@ -547,29 +596,32 @@ def gap_nuts():
         Homoscedastic(prior=dist.LogNormal(-1.0, 1.0)),
         prior=priors.normal(1.0),
     )
-    result = run_mcmc(
-        model,
-        d.x_train,
-        d.y_train,
-        num_samples=200,
-        warmup_steps=200,
-        num_chains=2,
-        max_tree_depth=7,
-        seed=0,
-        progress=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplerWarning)  # depth hits: checked through ESS
+        result = run_mcmc(
+            model,
+            d.x_train,
+            d.y_train,
+            num_samples=cfg.num_samples,
+            warmup_steps=cfg.warmup_steps,
+            num_chains=cfg.num_chains,
+            chain_method=cfg.chain_method,
+            max_tree_depth=cfg.max_tree_depth,
+            seed=0,
+            progress=False,
+        )
     return model, d, result
 
 
 @pytest.mark.slow
 def test_nuts_epistemic_grows_in_the_gap(gap_nuts):
-    """Observed (seed 0): epistemic std 0.37 inside the gap vs 0.037 at the training inputs
-    (ratio ~10), aleatoric std 0.22 (posterior mean of sigma 0.218 / 0.223 per chain)."""
+    """Observed (seed 0, with the earlier two chains at depth 7): epistemic std 0.37 inside the
+    gap vs 0.037 at the training inputs (ratio ~10), aleatoric std 0.22."""
     model, d, result = gap_nuts
     x_gap = torch.linspace(-0.8, 0.8, 17).unsqueeze(-1)
     in_gap = predict(model, result.flat(), x_gap, num_samples=None)
     on_data = predict(model, result.flat(), d.x_train, num_samples=None)
-    assert in_gap.num_samples == 400
+    assert in_gap.num_samples == result.num_chains * result.num_draws == 800
     epi_gap = in_gap.epistemic.sqrt().mean()
     epi_data = on_data.epistemic.sqrt().mean()
     assert epi_gap >= 2 * epi_data, (epi_gap, epi_data)
@@ -580,23 +632,16 @@ def test_nuts_epistemic_grows_in_the_gap(gap_nuts):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Not a code bug, a finding: NUTS at run_mcmc's defaults (target_accept_prob 0.8, "
-        "diagonal mass) with 200+200 draws, "
-        "2 chains, max_tree_depth 7 does not converge on the small 1-10-1 tanh BNN: observed "
-        "max R-hat (f, sigma) 1.18, min bulk ESS 8, min tail ESS 49, 0 divergences; step sizes "
-        "0.005 / 0.008, every draw at the depth limit. Earlier runs: n=200 -> R-hat 1.09, 2 "
-        "divergences; 1-5-1 on n=100 -> R-hat 1.048."
-    ),
-)
 def test_nuts_converges_at_default_settings(gap_nuts):
+    """R-hat and ESS of the identifiable quantities (f on the test inputs, sigma) through ArviZ.
+    Before MAP starts, the hand-differentiated potential and vectorised chains, two chains at
+    depth 7 gave R-hat 1.18 and bulk ESS 8 here; observed now: see the assertion message."""
     model, d, result = gap_nuts
     summary = convergence_summary(to_inference_data(model, result, d.x_test, d.y_test))
+    assert result.num_chains == 4
     assert summary["divergences"] == 0, summary
     assert summary["max_rhat"] < 1.05, summary
-    assert math.isfinite(summary["min_ess_bulk"])
+    assert summary["min_ess_bulk"] > 50, summary
 
 
 def test_traced_potential_matches_the_eager_one():

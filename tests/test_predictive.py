@@ -358,3 +358,48 @@ def test_vectorised_outputs_equal_a_loop_of_plain_forwards(net):
                 model.net, {k[4:]: v for k, v in weights.items()}, (x,)
             )
         assert_close(pred.output[s], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("bayesian", ["all", "last"])
+def test_per_sample_forwards_equal_the_batched_pass(flat, bayesian):
+    """Above ``LOOP_MIN_ROWS`` inputs an MLP runs its samples as plain forwards; the outputs
+    equal the batched broadcasting pass (which smaller inputs take) to float tolerance."""
+    torch.manual_seed(0)
+    net = MLP(2, 3, hidden=(16, 8), activation="relu")
+    model = BNN(net, Categorical(3), prior="normal", bayesian=bayesian, flat=flat)
+    rows = BNN.LOOP_MIN_ROWS + 5
+    x = torch.randn(rows, 2)
+    samples = {site: torch.randn(7, *prior.event_shape) for site, prior in model.priors().items()}
+    with torch.no_grad():
+        assert model.loops_over_samples(rows) and not model.loops_over_samples(rows - 10)
+        looped = model.network_output(x, samples)
+        batched = torch.cat([model.network_output(xc, samples) for xc in x.split(rows - 10)], dim=1)
+    assert looped.shape == (7, rows, 3)
+    assert_close(looped, batched, rtol=1e-5, atol=1e-5)
+    with torch.enable_grad():
+        assert not model.loops_over_samples(rows)
+    pred = predict(model, samples, x, num_samples=None)
+    assert_close(pred.output, looped, rtol=1e-6, atol=1e-6)
+
+
+def test_a_guide_of_another_network_is_refused():
+    """Guides read their parameters from Pyro's global store by name: a guide built for a
+    second, smaller network without clearing the store picks up the first one's parameters.
+    The predictive must refuse the mismatched draws instead of using them silently."""
+    x, y = torch.randn(50, 1), torch.randn(50)
+
+    def make(hidden):
+        return BNN(MLP(1, 1, hidden=hidden), Homoscedastic(sigma=0.1, learn=False), prior="normal")
+
+    pyro.clear_param_store()
+    big = make((8, 8))
+    guide = MeanFieldNormal(big)
+    guide(x, y)
+    small = make((4, 4))
+    stale = MeanFieldNormal(small)
+    stale(x, y)
+    with pytest.raises(ValueError, match=r"net\.\d\.weight.*clear_param_store"):
+        predict(small, stale, x, num_samples=3)
+    with pytest.raises(ValueError, match="another network"):
+        predict(small, posterior_samples(big, guide, x, num_samples=3), x, num_samples=None)

@@ -48,12 +48,13 @@ class CompareConfig:
     num_samples: int
     warmup_steps: int
     num_chains: int
+    chain_method: str
     max_tree_depth: int
     predictive_samples: int
 
     @classmethod
     def default(cls) -> CompareConfig:
-        """The sizes of ``bayesdl compare``: a 1-20-1 tanh network, 500 points, 2 NUTS chains."""
+        """The sizes of ``bayesdl compare``: a 1-20-1 tanh network, 500 points, 4 NUTS chains."""
         return cls(
             n=500,
             hidden=(20,),
@@ -63,8 +64,12 @@ class CompareConfig:
             dropout=0.1,
             num_samples=200,
             warmup_steps=200,
-            num_chains=2,
-            max_tree_depth=7,
+            # Four chains as two vectorised groups, one per core: R-hat 1.03, bulk ESS 106 and no
+            # divergences in 108 s at depth 9, against R-hat 1.05 and ESS 47 in 169 s for two
+            # chains at depth 10 (benchmarks/README.md, "Choosing the NUTS defaults").
+            num_chains=4,
+            chain_method="vectorized",
+            max_tree_depth=9,
             predictive_samples=500,
         )
 
@@ -81,6 +86,7 @@ class CompareConfig:
             num_samples=30,
             warmup_steps=30,
             num_chains=2,
+            chain_method="sequential",  # seconds of sampling: worker start-up would dominate
             max_tree_depth=4,
             predictive_samples=50,
         )
@@ -216,6 +222,7 @@ def run_compare(
         num_samples=cfg.num_samples,
         warmup_steps=cfg.warmup_steps,
         num_chains=cfg.num_chains,
+        chain_method=cfg.chain_method,
         max_tree_depth=cfg.max_tree_depth,
         seed=seed,
         progress=progress,

@@ -176,65 +176,72 @@ def analytic_potential(potential: object) -> ValueAndGrad | None:
     constants = {n: p.detach().to(x) for n, p in model.net.named_parameters() if n not in offsets}
 
     def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-        w = z[:num_weights]
+        # z is (dim,) for one chain or (chains, dim) for several: every sum over data points or
+        # parameters runs over the trailing dimensions, so U is () or (chains,).
+        batch = z.shape[:-1]
+        w = z[..., :num_weights]
 
         def param(name: str, module_value: Tensor | None) -> Tensor | None:
             if name in offsets:
                 a, b = offsets[name]
-                return z[a:b].view(shapes[name])
+                return z[..., a:b].reshape(batch + shapes[name])
             return None if module_value is None else constants[name]
 
         # Forward, keeping what the backward pass needs.
         h = x
-        saved: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+        saved: list[tuple[Tensor, Tensor]] = []
         acts: list[tuple[Tensor, Tensor]] = []
         for kind, item in layers:
             if kind == "linear":
                 name, module = item  # type: ignore[misc]
                 weight = param(f"{name}.weight", module.weight)
                 bias = param(f"{name}.bias", module.bias)
-                saved.append((h, weight, bias, None))  # type: ignore[arg-type]
-                h = torch.nn.functional.linear(h, weight, bias)
+                saved.append((h, weight))  # type: ignore[arg-type]
+                if weight.ndim == 2 and (bias is None or bias.ndim == 1):  # type: ignore[union-attr]
+                    h = torch.nn.functional.linear(h, weight, bias)
+                else:  # per-chain weights (chains, out, in): batched matmul
+                    h = torch.matmul(h, weight.transpose(-1, -2))  # type: ignore[union-attr]
+                    if bias is not None:
+                        h = h + bias.unsqueeze(-2)
             else:
                 module, _ = item  # type: ignore[misc]
                 pre = h
                 h = module(pre)
                 acts.append((pre, h))
-        out = h
+        out = h  # (N, K) or (chains, N, K)
 
         # Likelihood: U_lik and dU_lik/d(output).
         grads_global: list[Tensor] = []
         if isinstance(likelihood, Categorical):
             log_p = torch.log_softmax(out, dim=-1)
-            u = -(log_p * onehot).sum()
+            u = -(log_p * onehot).sum((-2, -1))
             delta = log_p.exp() - onehot
         elif isinstance(likelihood, Heteroscedastic):
-            mu, raw = out[:, 0], out[:, 1]
+            mu, raw = out[..., 0], out[..., 1]
             scale = torch.nn.functional.softplus(raw) + min_scale
-            resid = target - mu
-            r = resid / scale
-            u = 0.5 * r.square().sum() + scale.log().sum() + n_data * _HALF_LOG_2PI
+            r = (target - mu) / scale
+            u = 0.5 * r.square().sum(-1) + scale.log().sum(-1) + n_data * _HALF_LOG_2PI
             d_mu = -r / scale
             d_scale = (1.0 - r.square()) / scale
             delta = torch.stack([d_mu, d_scale * torch.sigmoid(raw)], dim=-1)
         else:
-            log_sigma = z[num_weights] if fixed_log_sigma is None else fixed_log_sigma
-            inv_sigma = torch.exp(-log_sigma)
-            r = (target - out[:, 0]) * inv_sigma
-            rr = r.square().sum()
+            log_sigma = z[..., num_weights] if fixed_log_sigma is None else fixed_log_sigma
+            inv_sigma = torch.exp(-log_sigma).unsqueeze(-1)
+            r = (target - out[..., 0]) * inv_sigma
+            rr = r.square().sum(-1)
             u = 0.5 * rr + n_data * (log_sigma + _HALF_LOG_2PI)
             delta = (-r * inv_sigma).unsqueeze(-1)
             if sigma_term is not None:
                 prior_u, prior_g = sigma_term(log_sigma)
                 u = u + prior_u
-                grads_global.append((n_data - rr + prior_g).reshape(1))
+                grads_global.append((n_data - rr + prior_g).unsqueeze(-1))
 
         # Prior on the weights.
         if laplace:
-            u = u + (w.abs() / weight_scale).sum() + weight_const
+            u = u + (w.abs() / weight_scale).sum(-1) + weight_const
             prior_grad = torch.sign(w) / weight_scale
         else:
-            u = u + 0.5 * (w / weight_scale).square().sum() + weight_const
+            u = u + 0.5 * (w / weight_scale).square().sum(-1) + weight_const
             prior_grad = w / weight_scale.square()
 
         # Backward through the layers, last to first.
@@ -246,25 +253,23 @@ def analytic_potential(potential: object) -> ValueAndGrad | None:
             if kind == "linear":
                 lin_index -= 1
                 name = item[0]  # type: ignore[index]
-                h_in, weight, _, _ = saved[lin_index]
+                h_in, weight = saved[lin_index]
                 if f"{name}.weight" in offsets:
-                    grads[f"{name}.weight"] = delta.t().mm(h_in)
+                    grads[f"{name}.weight"] = torch.matmul(delta.transpose(-1, -2), h_in)
                 if f"{name}.bias" in offsets:
-                    grads[f"{name}.bias"] = delta.sum(0)
+                    grads[f"{name}.bias"] = delta.sum(-2)
                 if i == 0 or not needs_delta[i - 1]:
                     break
-                delta = delta.mm(weight)
+                delta = torch.matmul(delta, weight)
             else:
                 act_index -= 1
                 _, derivative = item  # type: ignore[misc]
                 pre, post = acts[act_index]
                 delta = delta * derivative(pre, post)
-        pieces = [grads[n].reshape(-1) for n in model.bayesian_names]
-        grad = torch.cat(pieces + grads_global)
+        pieces = [grads[n].reshape((*batch, -1)) for n in model.bayesian_names]
+        grad = torch.cat(pieces + grads_global, dim=-1)
         if grads_global:
-            grad = grad + torch.cat([prior_grad, prior_grad.new_zeros(1)])
-        else:
-            grad = grad + prior_grad
-        return u, grad
+            prior_grad = torch.cat([prior_grad, prior_grad.new_zeros((*batch, 1))], dim=-1)
+        return u, grad + prior_grad
 
     return value_and_grad

@@ -319,6 +319,9 @@ class SamplerWarning(UserWarning):
     at the maximum tree depth."""
 
 
+#: How :func:`run_mcmc` runs several chains.
+CHAIN_METHODS = ("sequential", "parallel", "vectorized")
+
 #: ``init`` choices of :func:`run_mcmc` other than a dict of site values or a guide.
 INITS = ("map", "network")
 
@@ -441,8 +444,41 @@ class _ChainSpec:
     progress: bool
 
 
-def _run_chain(spec: _ChainSpec) -> dict[str, object]:
-    """Run one chain in this process; returns its draws (unconstrained) and statistics."""
+def _vectorized(potential: FlatPotential, group: int) -> Callable[[dict[str, Tensor]], Tensor]:
+    """The potential of ``group`` independent copies of the posterior, over one vector of
+    length ``group * dim``: ``U(z_1, ..., z_G) = sum_g U(z_g)``. Its density is the product of
+    the copies' densities, so one NUTS chain on it is ``group`` chains of the posterior whose
+    trajectories share a step size, a tree and an acceptance decision."""
+    dim = potential.dim
+    if potential._analytic is not None:
+        analytic = potential._analytic
+
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            u, grad = analytic(z.reshape(group, dim))
+            return u.sum(), grad.reshape(-1)
+
+        example = torch.randn(group * dim, dtype=potential.x.dtype, device=potential.x.device)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about constant shapes
+                traced = torch.jit.trace(value_and_grad, (example,), check_trace=False)
+                u_ref, g_ref = value_and_grad(example)
+                u, g = traced(example)
+            if torch.allclose(u, u_ref) and torch.allclose(g, g_ref):
+                return _carry_gradient(traced)
+        except Exception:  # tracing is an optimisation: fall back to the eager function
+            pass
+        return _carry_gradient(value_and_grad)
+    return lambda params: (
+        potential({"z": params["z"].reshape(group, dim)[0]})
+        + sum(potential({"z": z}) for z in params["z"].reshape(group, dim)[1:])
+    )
+
+
+def _run_chain(spec: _ChainSpec) -> list[dict[str, object]]:
+    """Run one chain, or one group of vectorised chains (``spec.z0`` of shape
+    ``(group, dim)``), in this process; returns each chain's draws (unconstrained) and
+    statistics."""
     threads = torch.get_num_threads()
     if spec.num_threads is not None:
         torch.set_num_threads(spec.num_threads)
@@ -450,7 +486,11 @@ def _run_chain(spec: _ChainSpec) -> dict[str, object]:
     spec.model.eval()
     try:
         potential = FlatPotential(spec.model, spec.x, spec.y)
-        energy = potential.trace() if spec.jit_compile else potential
+        group = spec.z0.shape[0] if spec.z0.ndim == 2 else 0
+        if group:
+            energy = _vectorized(potential, group)
+        else:
+            energy = potential.trace() if spec.jit_compile else potential
         counter = [0]
 
         def counted(params: dict[str, Tensor]) -> Tensor:
@@ -479,7 +519,7 @@ def _run_chain(spec: _ChainSpec) -> dict[str, object]:
             k,
             num_samples=spec.num_samples,
             warmup_steps=spec.warmup_steps,
-            initial_params={"z": spec.z0},
+            initial_params={"z": spec.z0.reshape(-1)},
             disable_progbar=not spec.progress,
             hook_fn=hook,
         )
@@ -499,38 +539,45 @@ def _run_chain(spec: _ChainSpec) -> dict[str, object]:
         steps = per_iteration[-spec.num_samples :]
         if steps.numel() != spec.num_samples:
             steps = torch.zeros(0, dtype=torch.long)
-        return {
-            "z": z.detach(),
+        stats = {
             "divergences": flags,
             "step_size": float(k.step_size),
             "acceptance_rate": float(diag.get("acceptance rate", float("nan"))),
             "num_gradients": counter[0],
             "num_steps": steps,
         }
+        if not group:
+            return [{"z": z.detach(), **stats}]
+        # Draws (draws, group * dim) -> one entry per chain; the statistics are shared.
+        per_chain = z.detach().reshape(z.shape[0], group, -1).transpose(0, 1)
+        return [{"z": chain, **stats} for chain in per_chain]
     finally:
         spec.model.train(was_training)
         torch.set_num_threads(threads)
 
 
-def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list[dict]:
+def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list[list[dict]]:
     """Chains in worker processes (``spawn``: safe after torch has started OpenMP threads)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_run_chain, spec) for spec in specs]
-        bar = tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress)
-        try:
-            from concurrent.futures import as_completed
-
-            for _ in as_completed(futures):
-                bar.update(1)
-        finally:
-            bar.close()
-        return [f.result() for f in futures]
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_chain, spec) for spec in specs]
+            with tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress) as bar:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            return [f.result() for f in futures]
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "a worker process of run_mcmc died or could not start. Worker processes are "
+            "started with 'spawn', which re-imports the main script: in a script, call "
+            "run_mcmc under `if __name__ == '__main__':`, or pass chain_method='sequential'"
+        ) from err
 
 
 def run_mcmc(
@@ -541,8 +588,8 @@ def run_mcmc(
     kernel: str = "nuts",
     num_samples: int = 500,
     warmup_steps: int = 500,
-    num_chains: int = 2,
-    chain_method: str = "sequential",
+    num_chains: int = 4,
+    chain_method: str = "vectorized",
     init: object = "map",
     map_steps: int = 1000,
     target_accept_prob: float = 0.8,
@@ -570,8 +617,16 @@ def run_mcmc(
         num_samples: Draws kept per chain.
         warmup_steps: Adaptation steps per chain (step size and mass matrix).
         num_chains: Independent chains, each from its own starting point and seed.
-        chain_method: ``"sequential"`` (one process) or ``"parallel"`` (one worker process per
-            chain, at most one per CPU core). Both give the same draws for the same seed.
+        chain_method: ``"sequential"`` (one process, one chain after another), ``"parallel"``
+            (one worker process per chain, at most one per CPU core; the same draws as
+            sequential for the same seed) or ``"vectorized"``: the chains are split into one
+            group per CPU core, and each group runs as *one* NUTS chain on the product of
+            independent copies of the posterior, ``U(z_1, ..., z_G) = sum_g U(z_g)``, so one
+            batched gradient serves every chain of the group and Pyro's per-step overhead is
+            paid once per group. It is exact MCMC (the product density is invariant, each copy's
+            marginal is the posterior), but the chains of a group share the step size, the
+            tree and the acceptance decision, so they are coupled; chains in different groups
+            are independent. Statistics (divergences, steps, gradients) are the group's.
         init: Where chains start: ``"map"`` (a fresh torch initialisation of the network per
             chain, then :func:`find_map` from it), ``"network"`` (the torch initialisation
             itself, noise scale at its prior median), a dict ``{site: value}`` (every chain), or
@@ -619,7 +674,7 @@ def run_mcmc(
     check_finite("x", x)
     check_finite("y", y)
     check_choice("kernel", kernel, ("nuts", "hmc"))
-    check_choice("chain_method", chain_method, ("sequential", "parallel"))
+    check_choice("chain_method", chain_method, CHAIN_METHODS)
     check_positive("num_samples", num_samples, integer=True)
     check_positive("warmup_steps", warmup_steps, strict=False, integer=True)
     check_positive("num_chains", num_chains, integer=True)
@@ -642,13 +697,21 @@ def run_mcmc(
         starts = _initial_points(model, potential, x, init, num_chains, seed, map_steps)
     finally:
         torch.set_num_threads(threads)
+    workers = min(num_chains, os.cpu_count() or 1)
+    if chain_method == "vectorized":
+        # One group of chains per worker process: chains c, c + workers, ... share a tree.
+        groups = [list(range(w, num_chains, workers)) for w in range(workers)]
+    else:
+        groups = [[c] for c in range(num_chains)]
     specs = [
         _ChainSpec(
             model=model,
             x=x,
             y=y,
-            z0=starts[c],
-            seed=seed + c,
+            z0=torch.stack([starts[c] for c in g])
+            if chain_method == "vectorized"
+            else starts[g[0]],
+            seed=seed + g[0],
             kernel=kernel,
             num_samples=num_samples,
             warmup_steps=warmup_steps,
@@ -659,15 +722,19 @@ def run_mcmc(
             full_mass=full_mass,
             jit_compile=jit_compile,
             num_threads=num_threads,
-            progress=progress and chain_method == "sequential",
+            # Pyro's bar where the run stays in this process; a bar over chains otherwise.
+            progress=progress and (chain_method == "sequential" or len(groups) == 1),
         )
-        for c in range(num_chains)
+        for g in groups
     ]
-    workers = min(num_chains, os.cpu_count() or 1)
-    if chain_method == "parallel" and workers > 1:
-        runs = _run_parallel(specs, workers, progress)
+    if chain_method in ("parallel", "vectorized") and len(specs) > 1:
+        grouped = _run_parallel(specs, workers, progress)
     else:
-        runs = [_run_chain(spec) for spec in specs]
+        grouped = [_run_chain(spec) for spec in specs]
+    # Back to chain order (a vectorised group holds chains c, c + workers, ...).
+    order = [c for g in groups for c in g]
+    by_chain = dict(zip(order, [run for group in grouped for run in group], strict=True))
+    runs = [by_chain[c] for c in range(num_chains)]
 
     chains = [potential.unflatten(run["z"]) for run in runs]  # type: ignore[arg-type]
     samples = {name: torch.stack([c[name] for c in chains]) for name in chains[0]}

@@ -154,14 +154,34 @@ def posterior_samples(
     if posterior is None:
         raise ValueError(f"the model has latent sites {list(sites)}: pass a guide or samples")
     if isinstance(posterior, Mapping):
-        return _thin(posterior, sites, num_samples)
+        thinned = _thin(posterior, sites, num_samples)
+        _check_shapes(model, thinned)
+        return thinned
     if not callable(posterior):
         raise TypeError(
             f"posterior must be a guide, a dict of samples or None, got {type(posterior)}"
         )
     check_positive("num_samples", num_samples, integer=True)
     with torch.no_grad():
-        return _sample_guide(posterior, num_samples, x, sites)  # type: ignore[arg-type]
+        samples = _sample_guide(posterior, num_samples, x, sites)  # type: ignore[arg-type]
+    _check_shapes(model, samples)
+    return samples
+
+
+def _check_shapes(model: BNN, samples: Mapping[str, Tensor]) -> None:
+    """Each weight site's draws must have the model's shape. A guide reads its parameters from
+    Pyro's global param store by name, so a guide of another network fitted earlier in the
+    same session would otherwise be used silently."""
+    for site, prior in model.priors().items():
+        expected = tuple(prior.event_shape)
+        got = tuple(samples[site].shape[1:])
+        if got[-len(expected) :] != expected if expected else got not in ((), (1,)):
+            raise ValueError(
+                f"the posterior's draws of {site!r} have shape {got}, the model's is {expected}: "
+                "the guide's parameters belong to another network (guides share Pyro's global "
+                "param store by name; call pyro.clear_param_store() before building a new model "
+                "and guide)"
+            )
 
 
 # Below glibc's largest mmap threshold (32 MB), freed blocks stay in the heap and are reused;
@@ -172,6 +192,8 @@ _CHUNK_BYTES = 4 * 2**20
 def _auto_chunk(model: BNN, samples: dict[str, Tensor], x: Tensor) -> int | None:
     """Rows per pass so that an ``(S, rows, width)`` float intermediate stays near 4 MB, with
     the widest parameter dimension standing in for the widest layer."""
+    if x.ndim == 2 and model.loops_over_samples(x.shape[0]):
+        return None  # one sample at a time: each layer's intermediate is only (N, width)
     num_samples = next(iter(samples.values())).shape[0] if samples else 1
     width = max((max(p.shape) for p in model.net.parameters() if p.ndim), default=1)
     rows = _CHUNK_BYTES // (4 * num_samples * width)
@@ -197,8 +219,10 @@ def predict(
 ) -> Prediction:
     """Posterior predictive of ``model`` at inputs ``x`` under ``posterior``.
 
-    All posterior samples go through the network together (``torch.vmap`` over the sample
-    dimension). ``chunk_size`` splits the *inputs* to bound memory on large ``x``: every layer
+    No Python loop over samples in the predictive itself: the network runs all posterior samples
+    at once (broadcasting matmuls for MLPs, ``torch.vmap`` otherwise), except that an MLP on many
+    inputs without autograd runs one fused plain forward per sample, which measured fastest
+    (``benchmarks/README.md``). ``chunk_size`` splits the *inputs* to bound memory on large ``x``: every layer
     of the vectorised pass holds an ``(S, rows, width)`` tensor, and gigabyte-sized
     intermediates cost more in page faults than in arithmetic (``make bench``).
 
@@ -209,8 +233,9 @@ def predict(
         num_samples: Number of posterior samples ``S``.
         seed: Seed for the posterior draws.
         chunk_size: Rows of ``x`` per vectorised pass: ``"auto"`` keeps each layer's
-            ``(S, rows, width)`` intermediate near 4 MB, an int fixes it, ``None`` passes all
-            rows at once.
+            ``(S, rows, width)`` intermediate near 4 MB (and does not chunk an MLP on many
+            inputs, which runs the samples one plain forward at a time), an int fixes it,
+            ``None`` passes all rows at once.
 
     Returns:
         A :class:`Prediction`; ``prediction.uncertainty`` holds the decomposition.
