@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser(
         "compare",
-        help="SVI (mean-field, low-rank) vs HMC (NUTS) on a Bayesian neural network",
+        help="SVI (mean-field, low-rank, MC dropout) vs HMC (NUTS) on a Bayesian neural network",
         description=(
             "Fit one Bayesian MLP by mean-field SVI (Bayes by backprop), low-rank SVI and NUTS, "
             "then print a table of test NLL, RMSE, CRPS, 90% coverage, fit time, ESS/s, R-hat "
