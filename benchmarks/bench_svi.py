@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from _timing import Benchmark, Prepared, Variant
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTraceMeanField_ELBO as PyroJitTraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.elbo import ELBO
 from pyro.optim import Adam
@@ -28,6 +29,7 @@ from pyro.optim import Adam
 import bayesdl
 from bayesdl.data import homoscedastic
 from bayesdl.guides import MeanFieldNormal
+from bayesdl.inference import JitTraceMeanField_ELBO
 from bayesdl.likelihoods import Homoscedastic
 from bayesdl.models import BNN
 from bayesdl.nn import MLP
@@ -287,6 +289,14 @@ BENCHMARKS = [
             Variant(
                 "BNN(flat=True) + MeanFieldNormal, TraceMeanField_ELBO, validation off",
                 _svi(TraceMeanField_ELBO, False, _flat_bnn, _meanfield),
+            ),
+            Variant(
+                "BNN(flat=True) + MeanFieldNormal, bayesdl JitTraceMeanField_ELBO",
+                _svi(JitTraceMeanField_ELBO, False, _flat_bnn, _meanfield),
+            ),
+            Variant(
+                "BNN(flat=True) + MeanFieldNormal, pyro JitTraceMeanField_ELBO (re-traces)",
+                _svi(PyroJitTraceMeanField_ELBO, False, _flat_bnn, _meanfield),
             ),
             Variant("bayesdl.fit, num_steps={block}", _fit(True), block=FIT_STEPS),
             Variant("bayesdl.fit, num_steps={block}, progress=False", _fit(False), block=FIT_STEPS),
