@@ -615,8 +615,8 @@ def gap_nuts():
 
 @pytest.mark.slow
 def test_nuts_epistemic_grows_in_the_gap(gap_nuts):
-    """Observed (seed 0, with the earlier two chains at depth 7): epistemic std 0.37 inside the
-    gap vs 0.037 at the training inputs (ratio ~10), aleatoric std 0.22."""
+    """Observed (seed 0): epistemic std 0.363 inside the gap vs 0.037 at the training inputs
+    (ratio 9.8), aleatoric std 0.222."""
     model, d, result = gap_nuts
     x_gap = torch.linspace(-0.8, 0.8, 17).unsqueeze(-1)
     in_gap = predict(model, result.flat(), x_gap, num_samples=None)
@@ -634,8 +634,9 @@ def test_nuts_epistemic_grows_in_the_gap(gap_nuts):
 @pytest.mark.slow
 def test_nuts_converges_at_default_settings(gap_nuts):
     """R-hat and ESS of the identifiable quantities (f on the test inputs, sigma) through ArviZ.
-    Before MAP starts, the hand-differentiated potential and vectorised chains, two chains at
-    depth 7 gave R-hat 1.18 and bulk ESS 8 here; observed now: see the assertion message."""
+    Observed (seed 0): max R-hat 1.021, min bulk ESS 229, min tail ESS 386, no divergences, in
+    127 s. Before MAP starts, the hand-differentiated potential and vectorised chains, two
+    chains at depth 7 gave R-hat 1.18 and bulk ESS 8 here."""
     model, d, result = gap_nuts
     summary = convergence_summary(to_inference_data(model, result, d.x_test, d.y_test))
     assert result.num_chains == 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -557,14 +558,22 @@ def _run_chain(spec: _ChainSpec) -> list[dict[str, object]]:
 
 
 def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list[list[dict]]:
-    """Chains in worker processes (``spawn``: safe after torch has started OpenMP threads)."""
+    """Chains in worker processes.
+
+    On Linux with one torch thread per worker the workers are forked, as Pyro's own multi-chain
+    MCMC does: nothing is re-imported, so a user's script needs no ``__main__`` guard, and a
+    one-thread worker never enters an OpenMP region, which is what makes forking after torch
+    has used OpenMP unsafe. Otherwise they are spawned (a fresh interpreter that imports the
+    main module: scripts then need the guard)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
-    context = multiprocessing.get_context("spawn")
+    forkable = "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux"
+    one_thread = all(spec.num_threads == 1 for spec in specs)
+    context = multiprocessing.get_context("fork" if forkable and one_thread else "spawn")
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(_run_chain, spec) for spec in specs]
@@ -574,9 +583,10 @@ def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list
             return [f.result() for f in futures]
     except BrokenProcessPool as err:
         raise RuntimeError(
-            "a worker process of run_mcmc died or could not start. Worker processes are "
-            "started with 'spawn', which re-imports the main script: in a script, call "
-            "run_mcmc under `if __name__ == '__main__':`, or pass chain_method='sequential'"
+            "a worker process of run_mcmc died or could not start. Where workers are started "
+            "with 'spawn' (not Linux, or num_threads other than 1) the main script is "
+            "re-imported: call run_mcmc under `if __name__ == '__main__':`, or pass "
+            "chain_method='sequential'"
         ) from err
 
 
