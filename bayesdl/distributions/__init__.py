@@ -1,5 +1,24 @@
-"""Conditional distributions p(y | x) as modules: mixture density networks (and flows)."""
+"""Conditional distributions p(y | x) as modules: mixture density networks and normalizing flows."""
 
+from bayesdl.distributions.flows import (
+    CONDITIONAL_FAMILIES,
+    FAMILIES,
+    ConditionalFlow,
+    Flow,
+    umnn_available,
+)
 from bayesdl.distributions.mdn import MixtureDensityNetwork, find_modes, gaussian_mixture_crps
+from bayesdl.distributions.transforms import UMNN, ConditionalUMNN
 
-__all__ = ["MixtureDensityNetwork", "find_modes", "gaussian_mixture_crps"]
+__all__ = [
+    "CONDITIONAL_FAMILIES",
+    "FAMILIES",
+    "UMNN",
+    "ConditionalFlow",
+    "ConditionalUMNN",
+    "Flow",
+    "MixtureDensityNetwork",
+    "find_modes",
+    "gaussian_mixture_crps",
+    "umnn_available",
+]
