@@ -33,7 +33,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from _timing import Config, result, short_error
-from pyro.infer import MCMC, NUTS
+from bench_nuts import _CountingNUTS
+from pyro.infer import MCMC
 
 from bayesdl.inference import predict
 from bayesdl.inference.mcmc import SamplerWarning, run_mcmc
@@ -108,22 +109,6 @@ def _bayesdl(chains: int, warmup: int, draws: int, depth: int, method: str) -> d
         "depth_hits": float(res.tree_depth_hits.float().mean()),
         **_summary(f, sigma, res.wall_time),
     }
-
-
-class _CountingNUTS(NUTS):
-    """Pyro's NUTS, counting the calls of the potential that it builds from the model."""
-
-    calls = 0
-
-    def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
-        super()._initialize_model_properties(model_args, model_kwargs)
-        inner = self.potential_fn
-
-        def counted(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            self.calls += 1
-            return inner(params)
-
-        self.potential_fn = counted
 
 
 def _pyro_default(iterations: int, depth: int) -> dict[str, Any]:
