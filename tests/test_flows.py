@@ -20,24 +20,19 @@ from bayesdl.distributions import (
     ConditionalFlow,
     Flow,
     MixtureDensityNetwork,
-    umnn_available,
 )
 from tests.common import assert_close
 
-needs_umnn = pytest.mark.skipif(
-    not umnn_available(), reason="bayesdl.distributions.transforms (UMNN) is not available"
-)
-
 
 def families(names):
-    return [pytest.param(f, marks=needs_umnn) if f == "umnn" else f for f in names]
+    return list(names)
 
 
 SMALL = {"num_layers": 3, "hidden": (16, 16)}
 
 
 CONDITIONAL_CASES = [
-    pytest.param(f, y_dim, marks=needs_umnn) if f == "umnn" else (f, y_dim)
+    (f, y_dim)
     for y_dim in (1, 2)
     for f in CONDITIONAL_FAMILIES
     if not (f == "realnvp" and y_dim < 2)
@@ -309,9 +304,6 @@ def test_bad_arguments_are_named():
         ConditionalFlow(1, 2)(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="name"):
         Flow(2).model(name="")
-    if not umnn_available():
-        with pytest.raises(ValueError, match="umnn"):
-            Flow(2, "umnn")
 
 
 # --- accuracy of learned densities (training: slow) ---------------------------------------------

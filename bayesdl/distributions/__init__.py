@@ -5,7 +5,6 @@ from bayesdl.distributions.flows import (
     FAMILIES,
     ConditionalFlow,
     Flow,
-    umnn_available,
 )
 from bayesdl.distributions.mdn import MixtureDensityNetwork, find_modes, gaussian_mixture_crps
 from bayesdl.distributions.transforms import UMNN, ConditionalUMNN
@@ -20,5 +19,4 @@ __all__ = [
     "MixtureDensityNetwork",
     "find_modes",
     "gaussian_mixture_crps",
-    "umnn_available",
 ]

@@ -32,6 +32,7 @@ from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, DenseNN
 from torch import Tensor, nn
 
 from bayesdl._validation import check_choice, check_positive, check_tensor
+from bayesdl.distributions.transforms import UMNN, ConditionalUMNN
 
 __all__ = [
     "CONDITIONAL_FAMILIES",
@@ -39,13 +40,12 @@ __all__ = [
     "SPLINE_ORDERS",
     "ConditionalFlow",
     "Flow",
-    "umnn_available",
 ]
 
 #: Density-flow families: ``"nsf"`` (rational-quadratic spline coupling, Durkan et al. 2019),
 #: ``"realnvp"`` (affine coupling, Dinh et al. 2017), ``"maf"`` (affine autoregressive,
 #: Papamakarios et al. 2017), ``"spline_ar"`` (spline autoregressive, Durkan et al. 2019) and
-#: ``"umnn"`` (monotonic integral transform, Wehenkel & Louppe 2019; needs
+#: ``"umnn"`` (monotonic integral transform, Wehenkel & Louppe 2019; see
 #: :mod:`bayesdl.distributions.transforms`).
 FAMILIES = ("nsf", "realnvp", "maf", "spline_ar", "umnn")
 
@@ -58,25 +58,6 @@ CONDITIONAL_FAMILIES = ("spline", "spline_ar", "maf", "realnvp", "umnn")
 # (Papamakarios et al. 2017) puts the single pass in the direction data -> base, where the
 # density is evaluated during training, so these layers are used inverted.
 _DENSITY_DIRECTION = ("maf", "spline_ar")
-
-
-def _umnn_classes() -> tuple[Any, Any] | None:
-    # The UMNN transform lives in its own module, written separately; the flows use it when it is
-    # there and say so plainly when it is not.
-    try:
-        from bayesdl.distributions import transforms as umnn_module
-    except ImportError:
-        return None
-    umnn = getattr(umnn_module, "UMNN", None)
-    conditional = getattr(umnn_module, "ConditionalUMNN", None)
-    if umnn is None or conditional is None:
-        return None
-    return umnn, conditional
-
-
-def umnn_available() -> bool:
-    """Whether the ``"umnn"`` family can be built (``bayesdl.distributions.transforms`` exists)."""
-    return _umnn_classes() is not None
 
 
 def _check_hidden(hidden: Sequence[int] | int) -> list[int]:
@@ -176,11 +157,6 @@ class _FlowBase(nn.Module):
         check_choice("family", family, families)
         if count_bins < 2:
             raise ValueError(f"count_bins must be >= 2, got {count_bins}")
-        if family == "umnn" and _umnn_classes() is None:
-            raise ValueError(
-                "family='umnn' needs bayesdl.distributions.transforms (UMNN, ConditionalUMNN), "
-                "which is not installed in this version"
-            )
         if family in ("nsf", "realnvp") and dim < 2:
             raise ValueError(f"family={family!r} is a coupling flow and needs dim >= 2, got {dim}")
 
@@ -270,8 +246,7 @@ class Flow(_FlowBase):
             elif family == "spline_ar":
                 layer = _spline_autoregressive(dim, hidden, count_bins, bound, order)
             else:
-                umnn, _ = _umnn_classes()  # type: ignore[misc]
-                layer = umnn(dim, hidden=hidden, **kwargs)
+                layer = UMNN(dim, hidden=hidden, **kwargs)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
         self.register_buffer("base_loc", torch.zeros(dim))
@@ -463,8 +438,7 @@ class ConditionalFlow(_FlowBase):
             elif family == "realnvp":
                 layer = T.conditional_affine_coupling(y_dim, x_dim, hidden_dims=hidden)
             else:
-                _, conditional_umnn = _umnn_classes()  # type: ignore[misc]
-                layer = conditional_umnn(y_dim, x_dim, hidden=hidden, **kwargs)
+                layer = ConditionalUMNN(y_dim, x_dim, hidden=hidden, **kwargs)
             layers.append(layer)
         self.layers = nn.ModuleList(layers)
         self.register_buffer("loc", torch.zeros(y_dim))

@@ -25,7 +25,7 @@ from torch import Tensor
 from bayesdl import data as datasets
 from bayesdl._validation import check_choice, check_positive
 from bayesdl.data import RegressionData
-from bayesdl.distributions.flows import FAMILIES, ConditionalFlow, Flow, umnn_available
+from bayesdl.distributions.flows import FAMILIES, ConditionalFlow, Flow
 from bayesdl.experiments.aleatoric import single_thread
 from bayesdl.inference import History, fit
 
@@ -35,7 +35,6 @@ __all__ = [
     "QUICK",
     "SETTINGS",
     "Settings",
-    "available_families",
     "fit_conditional",
     "fit_density",
     "format_table",
@@ -120,11 +119,6 @@ QUICK = replace(
 DEFAULT_FAMILIES = ("nsf", "realnvp", "maf", "spline_ar")
 
 
-def available_families() -> tuple[str, ...]:
-    """The flow families that can be built here (``"umnn"`` only with its transform module)."""
-    return tuple(f for f in FAMILIES if f != "umnn" or umnn_available())
-
-
 def _optim(lr: float, decay: float, num_steps: int) -> pyro.optim.PyroOptim:
     return pyro.optim.ClippedAdam({"lr": lr, "clip_norm": 10.0, "lrd": decay ** (1 / num_steps)})
 
@@ -144,7 +138,7 @@ def fit_density(
 
     Arguments:
         x: Training data ``(N, D)``.
-        family: One of :func:`available_families`.
+        family: One of :data:`~bayesdl.distributions.flows.FAMILIES`.
         settings: Widths, layers, bins and the optimiser's settings.
         seed: Seed of the initialisation and the minibatches.
         progress: Show a progress bar.
@@ -152,7 +146,7 @@ def fit_density(
     Returns:
         The fitted flow and its training history.
     """
-    check_choice("family", family, available_families())
+    check_choice("family", family, FAMILIES)
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
     pyro.clear_param_store()
@@ -324,7 +318,7 @@ def run_flows(
         settings: Override the settings (default :data:`SETTINGS`, or :data:`QUICK`).
         datasets_2d: Which of :data:`DATASETS` to fit.
         families: Which families (default :data:`DEFAULT_FAMILIES`; any of
-            :func:`available_families`).
+            :data:`~bayesdl.distributions.flows.FAMILIES`).
         figures: Write the figure.
         dpi: Resolution of the figure.
         echo: Where the table goes (``print`` by default).
@@ -354,7 +348,7 @@ def run_flows(
         check_choice("datasets_2d", name, DATASETS)
     families = DEFAULT_FAMILIES if families is None else tuple(families)
     for family in families:
-        check_choice("families", family, available_families())
+        check_choice("families", family, FAMILIES)
     if not datasets_2d or not families:
         raise ValueError("datasets_2d and families must not be empty")
     output.mkdir(parents=True, exist_ok=True)
