@@ -33,12 +33,18 @@ def test_cli_run_flows_quick(tmp_path, capsys):
             else:
                 assert r[3] == r[4] == "-"
     assert any(line.startswith("best family:") for line in lines)
+    assert any(line.startswith("Bishop's flipped problem, test NLL:") for line in lines)
 
-    assert {p.name for p in out.iterdir()} == {"flows.png", "results.json"}
-    assert (out / "flows.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in out.iterdir()} == {"flows.png", "conditional.png", "results.json"}
+    for figure in ("flows.png", "conditional.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert results["quick"] is True and results["seed"] == 0
-    assert results["figures"] == ["flows.png"]
+    assert results["figures"] == ["flows.png", "conditional.png"]
+    scores = results["conditional"]
+    assert set(scores) == {"flow_nll", "mdn_nll", "true_nll"}
+    # No model beats the true conditional density by more than sampling noise on the test set.
+    assert scores["true_nll"] < min(scores["flow_nll"], scores["mdn_nll"]) + 0.1
     assert len(results["rows"]) == len(DATASETS) * len(families)
     for row in results["rows"]:
         assert set(row) == {"data", "family", "nll", "entropy", "gap", "fit_seconds"}
