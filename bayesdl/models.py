@@ -133,6 +133,8 @@ class BNN(nn.Module):
         self.bayesian_names: tuple[str, ...] = (
             () if prior is None else tuple(select_parameters(net, bayesian))
         )
+        if isinstance(self.prior, Prior):
+            self.prior = self.prior.bind(self.bayesian_names)
         bayes = {f"net.{n}" for n in self.bayesian_names}
         self._point_names = tuple(n for n, _ in self.named_parameters() if n not in bayes)
         params = dict(net.named_parameters())
@@ -224,7 +226,7 @@ class BNN(nn.Module):
             [
                 torch.full(
                     (params[n].numel(),),
-                    self.prior.scale_for(params[n]),
+                    self.prior.scale_for(params[n], n),
                     dtype=ref.dtype,
                     device=ref.device,
                 )

@@ -669,3 +669,41 @@ def test_jit_and_eager_sampling_start_alike():
     assert eager.settings["jit_compile"] is False and traced.settings["jit_compile"] is True
     # Same seed, same potential up to float rounding: the chains start identically.
     assert_close(traced.samples["sigma"][0, 0], eager.samples["sigma"][0, 0], rtol=1e-3)
+
+
+def test_forked_chains_return_large_draws_after_the_parent_used_openmp():
+    # Regression: workers sent their draws back as torch tensors, whose copy into shared memory
+    # runs an OpenMP loop for more than 32k elements; in a worker forked from a parent whose
+    # OpenMP pool was up (any multi-threaded matmul), that loop deadlocked. A subprocess with a
+    # timeout, so that a regression fails instead of hanging the suite.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import torch
+        from bayesdl import data
+        from bayesdl.inference.mcmc import run_mcmc
+        from bayesdl.likelihoods import Homoscedastic
+        from bayesdl.models import BNN
+        from bayesdl.nn import MLP
+
+        torch.set_num_threads(2)
+        torch.randn(1000, 1000) @ torch.randn(1000, 1000)  # the parent's OpenMP pool is up
+        d = data.homoscedastic(40, seed=0)
+        model = BNN(MLP(1, 1, hidden=(200,)), Homoscedastic(0.2, learn=False), "normal")
+        for seed in (0, 1):  # 2 chains x 40 draws x 601 weights > 32k per worker
+            result = run_mcmc(
+                model, d.x_train, d.y_train, num_samples=40, warmup_steps=5, num_chains=4,
+                chain_method="vectorized", max_tree_depth=2, map_steps=10, progress=False,
+                warn_tree_depth=1.0, warn_divergences=1.0, seed=seed,
+            )
+            assert result.samples["net.0.weight"].shape[:2] == (4, 40)
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -100,7 +100,7 @@ def analytic_potential(potential: object) -> ValueAndGrad | None:
             [
                 torch.full(
                     (params[n].numel(),),
-                    model.prior.scale_for(params[n]),
+                    model.prior.scale_for(params[n], n),
                     dtype=x.dtype,
                     device=x.device,
                 )

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
 from pyro.distributions.transforms import biject_to
@@ -100,7 +101,10 @@ class FlatPotential:
             params = dict(model.net.named_parameters())
             scales = [
                 torch.full(
-                    (params[n].numel(),), prior.scale_for(params[n]), dtype=x.dtype, device=x.device
+                    (params[n].numel(),),
+                    prior.scale_for(params[n], n),
+                    dtype=x.dtype,
+                    device=x.device,
                 )
                 for n in model.bayesian_names
             ]
@@ -557,6 +561,29 @@ def _run_chain(spec: _ChainSpec) -> list[dict[str, object]]:
         torch.set_num_threads(threads)
 
 
+def _run_chain_in_worker(spec: _ChainSpec) -> list[dict[str, object]]:
+    """:func:`_run_chain` in a worker process, with its tensors returned as NumPy arrays.
+
+    Torch tensors would travel through torch's shared-memory reduction, whose copy into shared
+    memory runs in parallel (OpenMP) for large draws; in a forked worker of a parent that has
+    used OpenMP that copy deadlocks. Arrays are pickled by value, and the worker stays at one
+    thread until it exits.
+    """
+    chains = _run_chain(spec)
+    if spec.num_threads is not None:
+        torch.set_num_threads(spec.num_threads)  # _run_chain restored the inherited count
+    return [
+        {k: v.numpy() if isinstance(v, Tensor) else v for k, v in chain.items()} for chain in chains
+    ]
+
+
+def _from_worker(chains: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [
+        {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in chain.items()}
+        for chain in chains
+    ]
+
+
 def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list[list[dict]]:
     """Chains in worker processes.
 
@@ -576,11 +603,11 @@ def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list
     context = multiprocessing.get_context("fork" if forkable and one_thread else "spawn")
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_chain, spec) for spec in specs]
+            futures = [pool.submit(_run_chain_in_worker, spec) for spec in specs]
             with tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress) as bar:
                 for _ in as_completed(futures):
                     bar.update(1)
-            return [f.result() for f in futures]
+            return [_from_worker(f.result()) for f in futures]
     except BrokenProcessPool as err:
         raise RuntimeError(
             "a worker process of run_mcmc died or could not start. Where workers are started "
