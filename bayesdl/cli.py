@@ -16,7 +16,7 @@ import bayesdl
 __all__ = ["EXPERIMENTS", "build_parser", "main"]
 
 #: Experiments of ``bayesdl run NAME``.
-EXPERIMENTS = ("flows",)
+EXPERIMENTS = ("flows", "infinite")
 
 
 def _add_common(parser: argparse.ArgumentParser, default_output: str, writes: str) -> None:
@@ -24,7 +24,7 @@ def _add_common(parser: argparse.ArgumentParser, default_output: str, writes: st
         "--output",
         type=Path,
         default=Path(default_output),
-        help=f"folder for {writes} (default: %(default)s)",
+        help=f"folder for {writes} (default: {default_output})",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
@@ -71,15 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run a named experiment (flows: normalizing flows on the embedded 2-D densities)",
+        help=(
+            "run a named experiment (flows: normalizing flows on the embedded 2-D densities; "
+            "infinite: wide networks and their Gaussian-process limit)"
+        ),
         description=(
             "Run one of the lecture's experiments by name. flows: fit every normalizing-flow "
             "family to the embedded 2-D densities, print the test NLL per dataset and family "
-            "(with the gap to the true entropy where it is known) and write a figure."
+            "(with the gap to the true entropy where it is known) and write a figure. "
+            "infinite: reproduce Neal's Figure 2.2, print how the prior's kurtosis, one "
+            "network's kernel and the NUTS posterior of finite BNNs approach the Gaussian "
+            "process as the width grows, and write the figures."
         ),
     )
     run.add_argument("experiment", choices=EXPERIMENTS, help="the experiment to run")
-    _add_common(run, "bayesdl-output/flows", "the figure and results.json")
+    _add_common(run, "bayesdl-output/EXPERIMENT", "the figures and results.json")
+    run.set_defaults(output=None)
     return parser
 
 
@@ -106,11 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_aleatoric(
             output=args.output, seed=args.seed, quick=args.quick, progress=not args.no_progress
         )
-    elif args.command == "run" and args.experiment == "flows":
-        from bayesdl.experiments.flows import run_flows
-
-        run_flows(
-            output=args.output, seed=args.seed, quick=args.quick, progress=not args.no_progress
+    elif args.command == "run":
+        output = args.output or Path("bayesdl-output") / args.experiment
+        if args.experiment == "flows":
+            from bayesdl.experiments.flows import run_flows as run_experiment
+        else:
+            from bayesdl.experiments.infinite import run_infinite as run_experiment
+        run_experiment(
+            output=output, seed=args.seed, quick=args.quick, progress=not args.no_progress
         )
     return 0
 
