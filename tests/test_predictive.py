@@ -403,3 +403,9 @@ def test_a_guide_of_another_network_is_refused():
         predict(small, stale, x, num_samples=3)
     with pytest.raises(ValueError, match="another network"):
         predict(small, posterior_samples(big, guide, x, num_samples=3), x, num_samples=None)
+
+
+def test_a_guide_that_was_never_set_up_is_refused_with_a_clear_error():
+    model = BNN(MLP(2, 3, hidden=(4,)), Categorical(3), "normal")
+    with pytest.raises(ValueError, match="has not been set up"):
+        predict(model, MeanFieldNormal(model), torch.zeros(5, 2))

@@ -344,7 +344,7 @@ def _figure(
         g = torch.linspace(-lim, lim, settings.grid)
         xx, yy = torch.meshgrid(g, g, indexing="xy")
         pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
-        shown = x[:2000]
+        shown = x[:2000].numpy()
         axes[i, 0].scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.4, color="k")
         axes[i, 0].set_ylabel(name)
         if i == 0:
@@ -352,8 +352,8 @@ def _figure(
         for j, family in enumerate(families):
             flow = flows[name][family]
             with torch.no_grad():
-                dens = flow.log_prob(pts).exp().reshape(settings.grid, settings.grid)
-                samples = flow.sample((2000,))
+                dens = flow.log_prob(pts).exp().reshape(settings.grid, settings.grid).numpy()
+                samples = flow.sample((2000,)).numpy()
             ax = axes[i, 1 + 2 * j]
             ax.imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
             ax2 = axes[i, 2 + 2 * j]

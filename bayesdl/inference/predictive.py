@@ -99,6 +99,13 @@ class Prediction:
 
 def _sample_guide(guide: Callable[..., Any], num_samples: int, x: Tensor, sites: tuple[str, ...]):
     trace = getattr(guide, "prototype_trace", None)
+    if trace is None and hasattr(guide, "prototype_trace"):
+        # An autoguide builds itself from the model's first trace: run without targets, that
+        # trace would make 'obs' a latent site (and fail obscurely for discrete labels).
+        raise ValueError(
+            "the guide has not been set up yet: fit it first (bayesdl.fit(model, guide, x, y)) "
+            "or run it once with observed data, guide(x_train, y_train)"
+        )
     obs = None if trace is None else trace.nodes.get("obs")
     if obs is not None and not obs["is_observed"]:
         raise ValueError(
