@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from bayesdl.inference.mcmc import MCMCResult
 
-__all__ = ["atomic_write", "load_posterior", "save_inference_data", "save_posterior"]
+__all__ = [
+    "atomic_write",
+    "load_posterior",
+    "posterior_payload",
+    "save_inference_data",
+    "save_posterior",
+]
 
 _FORMAT = "bayesdl-posterior"
 _VERSION = 1
@@ -67,36 +73,22 @@ def _guide_parameter_names(guide: nn.Module) -> list[str]:
     return names
 
 
-def save_posterior(
-    path: str | os.PathLike[str],
+def posterior_payload(
     model: nn.Module,
     posterior: AutoGuide | nn.Module | MCMCResult | dict[str, Tensor],
     *,
     example_input: Tensor,
-    example_target: Tensor,
+    example_target: Tensor | None,
     metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Save a fitted posterior of ``model`` to ``path`` atomically.
-
-    Arguments:
-        path: Target file (conventionally ``*.pt``).
-        model: The fitted model (its ``state_dict`` is saved).
-        posterior: A fitted guide, an :class:`~bayesdl.inference.mcmc.MCMCResult` or a dict of
-            samples.
-        example_input: Training inputs (the first row is kept) to rebuild a guide on load.
-        example_target: The matching training targets (the first entry is kept): the guide must
-            be rebuilt with an *observed* ``y``, or it would treat ``obs`` as latent.
-        metadata: Extra plain values (str, numbers, lists, dicts) to keep alongside.
-
-    Returns:
-        The path written.
-    """
+) -> dict[str, Any]:
+    """The plain dict of tensors that :func:`save_posterior` writes (and Lightning checkpoints
+    of :class:`~bayesdl.inference.lightning.SVIModule` carry under ``"bayesdl"``)."""
     payload: dict[str, Any] = {
         "format": _FORMAT,
         "version": _VERSION,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "example_input": example_input[:1].detach().cpu(),
-        "example_target": example_target[:1].detach().cpu(),
+        "example_target": None if example_target is None else example_target[:1].detach().cpu(),
         "metadata": dict(metadata or {}),
     }
     if isinstance(posterior, MCMCResult):
@@ -129,6 +121,40 @@ def save_posterior(
             "posterior must be a guide (nn.Module), an MCMCResult or a dict of samples, got "
             f"{type(posterior).__name__}"
         )
+    return payload
+
+
+def save_posterior(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    posterior: AutoGuide | nn.Module | MCMCResult | dict[str, Tensor],
+    *,
+    example_input: Tensor,
+    example_target: Tensor,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Save a fitted posterior of ``model`` to ``path`` atomically.
+
+    Arguments:
+        path: Target file (conventionally ``*.pt``).
+        model: The fitted model (its ``state_dict`` is saved).
+        posterior: A fitted guide, an :class:`~bayesdl.inference.mcmc.MCMCResult` or a dict of
+            samples.
+        example_input: Training inputs (the first row is kept) to rebuild a guide on load.
+        example_target: The matching training targets (the first entry is kept): the guide must
+            be rebuilt with an *observed* ``y``, or it would treat ``obs`` as latent.
+        metadata: Extra plain values (str, numbers, lists, dicts) to keep alongside.
+
+    Returns:
+        The path written.
+    """
+    payload = posterior_payload(
+        model,
+        posterior,
+        example_input=example_input,
+        example_target=example_target,
+        metadata=metadata,
+    )
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -151,6 +177,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not a readable bayesdl posterior file (truncated or foreign): {err}"
         ) from err
+    if isinstance(payload, dict) and isinstance(payload.get("bayesdl"), dict):
+        payload = payload["bayesdl"]  # a Lightning checkpoint of an SVIModule
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a bayesdl posterior file (no '{_FORMAT}' marker)")
     if payload.get("version") != _VERSION:
@@ -166,6 +194,9 @@ def load_posterior(
     guide: nn.Module | None = None,
 ) -> nn.Module | MCMCResult | dict[str, Tensor]:
     """Load a posterior saved by :func:`save_posterior` into freshly built objects.
+
+    Also reads the ``.ckpt`` checkpoints that Lightning writes while training an
+    :class:`~bayesdl.inference.lightning.SVIModule` (they carry the same payload).
 
     Arguments:
         path: The file.

@@ -393,7 +393,7 @@ class ModelAverage(nn.Module):
                 self._all = posterior_samples(self.model, self.posterior, x, num_samples=None)
             total = next(iter(self._all.values())).shape[0] if self._all else 1
             index = torch.randint(total, (self.num_samples,))
-            samples = {k: v[index] for k, v in self._all.items()}
+            samples = {k: v[index.to(v.device)] for k, v in self._all.items()}
         elif self.resample:
             samples = posterior_samples(self.model, self.posterior, x, num_samples=self.num_samples)
         else:

@@ -54,7 +54,7 @@ def roc_auc(negatives: Tensor, positives: Tensor) -> float:
     order = pooled.argsort()
     sorted_scores = pooled[order]
     ranks = torch.empty_like(pooled)
-    ranks[order] = torch.arange(1, pooled.numel() + 1, dtype=pooled.dtype)
+    ranks[order] = torch.arange(1, pooled.numel() + 1, dtype=pooled.dtype, device=pooled.device)
     # Average the ranks within each group of tied scores.
     _, inverse, counts = torch.unique_consecutive(
         sorted_scores, return_inverse=True, return_counts=True

@@ -573,13 +573,18 @@ def _run_chain_in_worker(spec: _ChainSpec) -> list[dict[str, object]]:
     if spec.num_threads is not None:
         torch.set_num_threads(spec.num_threads)  # _run_chain restored the inherited count
     return [
-        {k: v.numpy() if isinstance(v, Tensor) else v for k, v in chain.items()} for chain in chains
+        {k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v for k, v in chain.items()}
+        for chain in chains
     ]
 
 
-def _from_worker(chains: list[dict[str, object]]) -> list[dict[str, object]]:
+def _from_worker(chains: list[dict[str, object]], device: torch.device) -> list[dict[str, object]]:
+    """Arrays from a worker back to tensors on the data's device (as a sequential run has)."""
     return [
-        {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in chain.items()}
+        {
+            k: torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v
+            for k, v in chain.items()
+        }
         for chain in chains
     ]
 
@@ -607,7 +612,8 @@ def _run_parallel(specs: list[_ChainSpec], workers: int, progress: bool) -> list
             with tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress) as bar:
                 for _ in as_completed(futures):
                     bar.update(1)
-            return [_from_worker(f.result()) for f in futures]
+            device = specs[0].x.device
+            return [_from_worker(f.result(), device) for f in futures]
     except BrokenProcessPool as err:
         raise RuntimeError(
             "a worker process of run_mcmc died or could not start. Where workers are started "
@@ -663,7 +669,8 @@ def run_mcmc(
             paid once per group. It is exact MCMC (the product density is invariant, each copy's
             marginal is the posterior), but the chains of a group share the step size, the
             tree and the acceptance decision, so they are coupled; chains in different groups
-            are independent. Statistics (divergences, steps, gradients) are the group's.
+            are independent. Statistics (divergences, steps, gradients) are the group's. With
+            one CPU core (or one chain) both run in this process, without a worker pool.
         init: Where chains start: ``"map"`` (a fresh torch initialisation of the network per
             chain, then :func:`find_map` from it), ``"network"`` (the torch initialisation
             itself, noise scale at its prior median), a dict ``{site: value}`` (every chain), or
@@ -764,7 +771,7 @@ def run_mcmc(
         )
         for g in groups
     ]
-    if chain_method in ("parallel", "vectorized") and len(specs) > 1:
+    if chain_method in ("parallel", "vectorized") and len(specs) > 1 and workers > 1:
         grouped = _run_parallel(specs, workers, progress)
     else:
         grouped = [_run_chain(spec) for spec in specs]

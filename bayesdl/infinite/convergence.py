@@ -339,7 +339,7 @@ def bnn_vs_gp(
     if grid is None:
         lo, hi = float(x.min()), float(x.max())
         pad = 0.2 * (hi - lo)
-        grid = torch.linspace(lo - pad, hi + pad, 200, dtype=x.dtype)
+        grid = torch.linspace(lo - pad, hi + pad, 200, dtype=x.dtype, device=x.device)
     grid_col = grid.reshape(-1, 1).to(x.dtype)
 
     gp = gp_regression(

@@ -151,7 +151,7 @@ def hidden_moments(
         return s / 2, 1.5 * s.square()
     # The trapezoid rule on a fine uniform grid converges geometrically for smooth integrands
     # and, unlike Gauss-Hermite, resolves the steep transition of tanh(sigma t) at large sigma.
-    t = torch.linspace(-12.0, 12.0, num_nodes, dtype=torch.float64)
+    t = torch.linspace(-12.0, 12.0, num_nodes, dtype=torch.float64, device=s.device)
     weights = torch.exp(-t.square() / 2) * (t[1] - t[0]) / math.sqrt(2 * math.pi)
     h = make_activation(activation)(s.sqrt()[..., None] * t)
     return (weights * h.square()).sum(-1), (weights * h.pow(4)).sum(-1)

@@ -54,7 +54,11 @@ def gp_regression(
     check_positive("jitter", jitter, strict=False)
     x = x.unsqueeze(-1) if x.ndim == 1 else x
     model = gp.models.GPRegression(
-        x, y, kernel, noise=torch.tensor(float(noise) ** 2, dtype=x.dtype), jitter=jitter
+        x,
+        y,
+        kernel,
+        noise=torch.tensor(float(noise) ** 2, dtype=x.dtype, device=x.device),
+        jitter=jitter,
     )
     unique_pyro_name(model, "GPRegression")  # its own hyperparameters in the param store
     if not learn_noise:
