@@ -290,3 +290,38 @@ def test_pgd_without_a_seed_leaves_the_global_generator_alone():
     torch.manual_seed(123)
     pgd(net, x, y, 0.1, num_steps=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_custom_objective_drives_the_attack():
+    net = _net()
+    x, y = _batch()
+
+    def objective(x_, labels):  # push every pixel up: the gradient is all ones
+        return x_.sum()
+
+    res = fgsm(net, x, y, 0.05, loss=objective, domain=None)
+    assert_close(res.perturbation, torch.full_like(x, 0.05), atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match="scalar"):
+        pgd(net, x, y, 0.1, loss=lambda x_, labels: x_)
+
+
+def test_detector_aware_loss_switches_from_cross_entropy_to_the_score_once_flipped():
+    from bayesdl.adversarial import detector_aware_loss
+
+    model, samples = _bnn_and_samples(num_samples=6)
+    avg = ModelAverage(model, samples, num_samples=6, resample=False)
+    x = torch.rand(10, 64, generator=torch.Generator().manual_seed(3))
+    log_probs = avg.sample_log_probs(x)
+    log_mean = torch.logsumexp(log_probs, 0) - math.log(6)
+    pred = log_mean.argmax(-1)
+    labels = pred.clone()
+    labels[:5] = (pred[:5] + 1) % 10  # the first five are already misclassified
+    scores = detection_scores(log_probs.exp())["mutual_information"]
+    true = log_mean.gather(-1, labels[:, None])[:, 0]
+    others = log_mean.scatter(-1, labels[:, None], float("-inf")).max(-1).values
+    hidden = -2.0 * (scores + torch.relu(true - others + 0.5))
+    expected = torch.where(others > true, hidden, -true).sum()
+    loss = detector_aware_loss(avg, weight=2.0, margin=0.5)(x, labels)
+    assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="ModelAverage"):
+        detector_aware_loss(_net())

@@ -38,11 +38,13 @@ def test_cli_run_adversarial_quick(tmp_path, capsys):
         ("undefended", "itself"),
         ("mc-dropout", "transfer"),
         ("mc-dropout", "itself"),
+        ("mc-dropout", "detector-aware"),
         ("mean-field", "transfer"),
         ("mean-field", "itself"),
+        ("mean-field", "detector-aware"),
     }
     for row in results["detection"]:
-        assert 0 <= row["auc"] <= 1
+        assert 0 <= row["auc"] <= 1 and 0 <= row["success_rate"] <= 1
 
 
 def test_run_adversarial_checks_its_arguments(tmp_path):

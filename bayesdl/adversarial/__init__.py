@@ -34,7 +34,13 @@ from bayesdl.adversarial.defenses import (
     train_classifier,
     train_denoiser,
 )
-from bayesdl.adversarial.detection import detection_scores, roc_auc, roc_curve
+from bayesdl.adversarial.detection import (
+    SCORES,
+    detection_scores,
+    detector_aware_loss,
+    roc_auc,
+    roc_curve,
+)
 from bayesdl.adversarial.linearity import linear_score_change, linearity_demo
 from bayesdl.adversarial.smoothing import (
     SmoothedClassifier,
@@ -47,6 +53,7 @@ __all__ = [
     "ADVERSARIES",
     "DENOISER_LOSSES",
     "NORMS",
+    "SCORES",
     "AttackResult",
     "Denoised",
     "DenoisingAutoencoder",
@@ -59,6 +66,7 @@ __all__ = [
     "certified_accuracy",
     "clopper_pearson_lower",
     "detection_scores",
+    "detector_aware_loss",
     "fgsm",
     "input_gradient",
     "linear_score_change",

@@ -56,6 +56,8 @@ __all__ = [
 NORMS = ("linf", "l2")
 
 Classifier = Callable[[Tensor], Tensor]
+#: An attack objective ``loss(x, labels) -> scalar``, summed over examples.
+Objective = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -139,21 +141,32 @@ def _labels(name: str, value: object, n: int) -> Tensor:
     return value.long()
 
 
-def input_gradient(model: Classifier, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(loss, d loss / d x)`` of the summed cross-entropy of ``labels`` at ``x``.
+def input_gradient(
+    model: Classifier, x: Tensor, labels: Tensor, loss: Objective | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(loss, d loss / d x)`` of the attack's objective at ``x``.
 
-    The sum (not the mean) keeps each example's gradient independent of the batch size.
+    The default objective is the summed cross-entropy of ``labels`` under ``model``'s logits; the
+    sum (not the mean) keeps each example's gradient independent of the batch size. A custom
+    ``loss(x, labels)`` must return such a sum (a scalar) too.
     """
     x = x.detach().requires_grad_(True)
-    logits = model(x)
-    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"model must return logits of shape (N, C) = ({x.shape[0]}, C), got "
-            f"{tuple(logits.shape)}"
-        )
-    loss = F.cross_entropy(logits, labels, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return loss.detach(), grad
+    if loss is not None:
+        value = loss(x, labels)
+        if not isinstance(value, Tensor) or value.ndim != 0:
+            raise ValueError(
+                "loss(x, labels) must return a scalar tensor (the objective summed over examples)"
+            )
+    else:
+        logits = model(x)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"model must return logits of shape (N, C) = ({x.shape[0]}, C), got "
+                f"{tuple(logits.shape)}"
+            )
+        value = F.cross_entropy(logits, labels, reduction="sum")
+    (grad,) = torch.autograd.grad(value, x)
+    return value.detach(), grad
 
 
 def _result(
@@ -194,6 +207,7 @@ def fgsm(
     *,
     target: Tensor | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
+    loss: Objective | None = None,
 ) -> AttackResult:
     """The fast gradient sign method (Goodfellow et al., 2015): one step of size ``eps``.
 
@@ -207,10 +221,13 @@ def fgsm(
         eps: L-infinity budget.
         target: Target labels ``(N,)`` for a targeted attack.
         domain: ``(low, high)`` of valid inputs (pixels in ``[0, 1]``), or ``None``.
+        loss: The objective ``loss(x, labels)`` (summed over examples) to ascend, or to descend
+            for a targeted attack; default the cross-entropy of ``model``'s logits. E.g.
+            :func:`~bayesdl.adversarial.detection.detector_aware_loss`.
     """
     x, y, target = check_attack_inputs(x, y, eps, domain, target)
     with _eval_mode(model):
-        _, grad = input_gradient(model, x, y if target is None else target)
+        _, grad = input_gradient(model, x, y if target is None else target, loss)
         sign = -1.0 if target is not None else 1.0
         x_adv = _clamp(x + sign * eps * grad.sign(), domain).detach()
         return _result(model, x, x_adv, y, target)
@@ -241,6 +258,7 @@ def pgd(
     domain: tuple[float, float] | None = (0.0, 1.0),
     seed: int | None = None,
     progress: bool = False,
+    loss: Objective | None = None,
 ) -> AttackResult:
     """Projected gradient descent (Madry et al., 2018) in an L-infinity or L2 ball.
 
@@ -267,6 +285,8 @@ def pgd(
         domain: ``(low, high)`` of valid inputs, or ``None``.
         seed: Seed of the random start.
         progress: Show a progress bar over the steps.
+        loss: The objective ``loss(x, labels)`` (summed over examples); default the
+            cross-entropy of ``model``'s logits (see :func:`fgsm`).
     """
     x, y, target = check_attack_inputs(x, y, eps, domain, target)
     check_choice("norm", norm, NORMS)
@@ -296,7 +316,7 @@ def pgd(
 
     with _eval_mode(model):
         for _ in tqdm(range(num_steps), desc=f"PGD-{norm}", disable=not progress, leave=False):
-            _, grad = input_gradient(model, x + delta, labels)
+            _, grad = input_gradient(model, x + delta, labels, loss)
             step = grad.sign() if norm == "linf" else grad / _flat_norm(grad)
             delta = _project(delta + sign * step_size * step, eps, norm)
             delta = (_clamp(x + delta, domain) - x).detach()
@@ -314,6 +334,7 @@ def bim(
     target: Tensor | None = None,
     domain: tuple[float, float] | None = (0.0, 1.0),
     progress: bool = False,
+    loss: Objective | None = None,
 ) -> AttackResult:
     """The basic iterative method (iterative FGSM, Kurakin et al., 2017).
 
@@ -336,6 +357,7 @@ def bim(
         target=target,
         domain=domain,
         progress=progress,
+        loss=loss,
     )
 
 
@@ -404,7 +426,9 @@ class ModelAverage(nn.Module):
             samples = self._fixed
         return {s: samples[s].detach() for s in self.model.weight_sites}
 
-    def forward(self, x: Tensor) -> Tensor:
+    def sample_log_probs(self, x: Tensor) -> Tensor:
+        """``log p(y | x, w_t)`` for each of the ``T`` samples, shape ``(T, N, C)`` (``T = 1``
+        for a model without latent weights); drawn as :meth:`forward` draws them."""
         weights = self._weights(x)
         was_training = self.model.training
         self.model.eval()
@@ -413,6 +437,9 @@ class ModelAverage(nn.Module):
         finally:
             self.model.train(was_training)
         if not weights:
-            return out.log_softmax(-1)
-        log_probs = out.log_softmax(-1)
+            out = out.unsqueeze(0)
+        return out.log_softmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_probs = self.sample_log_probs(x)
         return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])

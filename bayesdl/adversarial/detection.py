@@ -17,13 +17,23 @@ References:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from bayesdl._validation import check_tensor
+from bayesdl._validation import check_choice, check_positive, check_tensor
 from bayesdl.uncertainty import ClassificationUncertainty, classification_uncertainty
 
-__all__ = ["detection_scores", "roc_auc", "roc_curve"]
+if TYPE_CHECKING:
+    from bayesdl.adversarial.attacks import ModelAverage
+
+__all__ = ["SCORES", "detection_scores", "detector_aware_loss", "roc_auc", "roc_curve"]
+
+#: The scores of :func:`detection_scores`.
+SCORES = ("entropy", "mutual_information", "expected_entropy", "max_prob")
 
 
 def _scores(name: str, value: object) -> Tensor:
@@ -95,3 +105,54 @@ def detection_scores(probs: Tensor) -> dict[str, Tensor]:
         "expected_entropy": u.aleatoric,
         "max_prob": 1 - u.probs.max(-1).values,
     }
+
+
+def detector_aware_loss(
+    model: ModelAverage,
+    weight: float = 10.0,
+    score: str = "mutual_information",
+    margin: float = 1.0,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """An attack objective that also hides from an uncertainty detector (Carlini & Wagner, 2017).
+
+    Per example, on the model average and with the score computed from the same posterior draw:
+
+    - while the input is still classified as its label ``y``, ascend the cross-entropy (flip it);
+    - once it is misclassified, ascend ``-weight * score - weight * max(0, log p_y - max_{c != y}
+      log p_c + margin)``: lower the uncertainty score while keeping another class ahead of ``y``
+      by ``margin`` nats.
+
+    So the attack looks for inputs that are misclassified *and* look certain. Without it an
+    attack only maximises the cross-entropy, and detection AUCs are upper bounds. Use it for
+    untargeted attacks: ``pgd(model, x, y, eps, loss=detector_aware_loss(model))``.
+
+    Arguments:
+        model: The :class:`~bayesdl.adversarial.attacks.ModelAverage` under attack.
+        weight: Weight of the score and of the margin hinge once an input is misclassified.
+        score: ``"mutual_information"``, ``"entropy"`` or ``"expected_entropy"``.
+        margin: How far (in log-probability) another class must stay ahead of ``y``.
+
+    References:
+        Carlini, N., & Wagner, D. (2017). Adversarial examples are not easily detected:
+        bypassing ten detection methods. AISec.
+    """
+    from bayesdl.adversarial.attacks import ModelAverage
+
+    if not isinstance(model, ModelAverage):
+        raise TypeError(f"model must be a ModelAverage, got {type(model).__name__}")
+    check_choice("score", score, ("mutual_information", "entropy", "expected_entropy"))
+    check_positive("weight", weight, strict=False)
+    check_positive("margin", margin, strict=False)
+
+    def loss(x: Tensor, labels: Tensor) -> Tensor:
+        log_probs = model.sample_log_probs(x)  # (T, N, C)
+        log_mean = torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+        true = log_mean.gather(-1, labels[:, None])[:, 0]
+        others = log_mean.scatter(-1, labels[:, None], float("-inf")).max(-1).values
+        flipped = (others > true).detach()
+        hidden = -weight * (
+            detection_scores(log_probs.exp())[score] + torch.relu(true - others + margin)
+        )
+        return torch.where(flipped, hidden, -true).sum()
+
+    return loss

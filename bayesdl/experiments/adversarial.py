@@ -15,8 +15,9 @@ It then prints:
   adaptive: through the denoiser, and on the Bayesian model average with fresh posterior samples
   at every step;
 - the certified accuracy of smoothing against the L2 radius;
-- the ROC AUC of entropy and mutual information as detectors of PGD examples, both for examples
-  crafted on the undefended MLP (transfer) and for examples crafted on each model itself;
+- the ROC AUC of entropy and mutual information as detectors of PGD examples crafted on the
+  undefended MLP (transfer), on each model itself, and on each model with an objective that
+  also lowers the detector's score (detector-aware, Carlini & Wagner 2017);
 - the linearity demonstration.
 
 It also writes figures and ``results.json``.
@@ -45,6 +46,7 @@ from bayesdl.adversarial import (
     accuracy,
     certified_accuracy,
     detection_scores,
+    detector_aware_loss,
     fgsm,
     linearity_demo,
     pgd,
@@ -235,7 +237,9 @@ def run_adversarial(
     Returns:
         The content of ``results.json``: settings, clean accuracies, the robustness rows
         (``model``, ``attack``, ``eps``, ``accuracy``), the certified-accuracy curve, the
-        detection rows (``model``, ``attack_on``, ``score``, ``auc``) and the linearity rows.
+        detection rows (``model``, ``attack_on``, ``score``, ``success_rate``, ``auc`` over all
+        adversarial inputs, ``auc_successful`` over those that fooled the model) and the
+        linearity rows.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -315,8 +319,9 @@ def run_adversarial(
                         }
                     )
 
-        # Detection: clean test digits against PGD examples at detect_eps, crafted either on the
-        # undefended MLP (transfer) or on the model itself (adaptive, on the model average).
+        # Detection: clean test digits against PGD examples at detect_eps, crafted on the
+        # undefended MLP (transfer), on the model itself (adaptive, on the model average), or on
+        # the model with an objective that also hides from the detector (detector-aware).
         if s.detect_eps not in s.eps_grid:
             for name in ("undefended", "mc-dropout", "mean-field"):
                 pyro.set_rng_seed(seed)
@@ -326,20 +331,41 @@ def run_adversarial(
         detection = []
         for name in ("undefended", "mc-dropout", "mean-field"):
             scores_clean = detection_scores(_probs(models[name], x, s, seed))
-            sources = ("undefended",) if name == "undefended" else ("undefended", name)
-            for source in sources:
-                scores_adv = detection_scores(
-                    _probs(models[name], adversarial_inputs[source], s, seed)
-                )
+            sources: dict[str, Tensor] = {"transfer": adversarial_inputs["undefended"]}
+            if name == "undefended":
+                sources = {"itself": adversarial_inputs["undefended"]}
+            else:
+                sources["itself"] = adversarial_inputs[name]
+                pyro.set_rng_seed(seed)
+                sources["detector-aware"] = pgd(
+                    models[name],
+                    x,
+                    y,
+                    s.detect_eps,
+                    num_steps=s.attack_steps,
+                    seed=seed,
+                    loss=detector_aware_loss(models[name]),
+                ).x_adv
+            for attack_on, x_adv in sources.items():
+                probs = _probs(models[name], x_adv, s, seed)
+                scores_adv = detection_scores(probs)
+                fooled = probs.mean(0).argmax(-1) != y
                 for score in ("entropy", "mutual_information"):
                     if name == "undefended" and score == "mutual_information":
                         continue  # zero for a deterministic network
                     detection.append(
                         {
                             "model": name,
-                            "attack_on": "itself" if source == name else "transfer",
+                            "attack_on": attack_on,
                             "score": score,
+                            "success_rate": float(fooled.float().mean()),
                             "auc": roc_auc(scores_clean[score], scores_adv[score]),
+                            # Only the attacks that worked need detecting.
+                            "auc_successful": roc_auc(
+                                scores_clean[score], scores_adv[score][fooled]
+                            )
+                            if bool(fooled.any())
+                            else float("nan"),
                         }
                     )
 
@@ -396,7 +422,11 @@ def run_adversarial(
         )
     )
     echo(f"\nDetection ROC AUC, clean vs PGD (eps {s.detect_eps}) digits:")
-    echo(format_rows(detection, ("model", "attack_on", "score", "auc")))
+    echo(
+        format_rows(
+            detection, ("model", "attack_on", "score", "success_rate", "auc", "auc_successful")
+        )
+    )
     echo("\nLinearity: the score change of r = eps sign(w) is eps ||w||_1 = eps m n:")
     echo(format_rows(linearity, ("dim", "change", "eps_l1", "max_abs_r")))
     echo(f"\ntook {elapsed:.1f} s; figures and results.json in {output}")
