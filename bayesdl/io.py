@@ -130,7 +130,7 @@ def save_posterior(
     posterior: AutoGuide | nn.Module | MCMCResult | dict[str, Tensor],
     *,
     example_input: Tensor,
-    example_target: Tensor,
+    example_target: Tensor | None,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Save a fitted posterior of ``model`` to ``path`` atomically.
@@ -142,7 +142,8 @@ def save_posterior(
             samples.
         example_input: Training inputs (the first row is kept) to rebuild a guide on load.
         example_target: The matching training targets (the first entry is kept): the guide must
-            be rebuilt with an *observed* ``y``, or it would treat ``obs`` as latent.
+            be rebuilt with an *observed* ``y``, or it would treat ``obs`` as latent. ``None``
+            for models of ``x`` alone.
         metadata: Extra plain values (str, numbers, lists, dicts) to keep alongside.
 
     Returns:
@@ -243,7 +244,8 @@ def load_posterior(
     reference = next(iter(model.parameters()), None)
     example, target = payload["example_input"], payload["example_target"]
     if reference is not None:
-        example, target = example.to(reference.device), target.to(reference.device)
+        example = example.to(reference.device)
+        target = None if target is None else target.to(reference.device)
     with torch.no_grad(), pyro.poutine.block():
         guide(example, target)
     params = dict(pyro.get_param_store().named_parameters())

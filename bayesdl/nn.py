@@ -21,7 +21,8 @@ class _Erf(nn.Module):
 
 
 class _Step(nn.Module):
-    """Heaviside step ``1[x > 0]`` (the limit of tanh as the input scale grows, Neal 1995)."""
+    """Heaviside step ``1[x > 0]``. As its input scale grows, ``tanh`` tends to
+    ``sign(x) = 2 * step(x) - 1``, the step units of Neal (1995) up to an affine change."""
 
     def forward(self, x: Tensor) -> Tensor:
         return (x > 0).to(x.dtype)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import lightning as L
 import pyro.distributions as dist
+import torch
 
 from bayesdl import data
 from bayesdl.guides import MeanFieldNormal
@@ -78,6 +79,10 @@ def main() -> None:
         print(
             f"checkpoints in {args.output / 'checkpoints'} (bayesdl.io.load_posterior reads them)"
         )
+    # Lightning leaves the process group up; tearing it down lets every process exit cleanly
+    # (otherwise gloo's threads can outlive the interpreter and abort it at exit).
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -325,3 +325,45 @@ def test_detector_aware_loss_switches_from_cross_entropy_to_the_score_once_flipp
     assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError, match="ModelAverage"):
         detector_aware_loss(_net())
+
+
+def test_detector_aware_loss_has_finite_gradients_where_probabilities_underflow():
+    from bayesdl.adversarial import detector_aware_loss
+
+    model, samples = _bnn_and_samples(num_samples=4)
+    big = {k: 100 * v for k, v in samples.items()}  # logit gaps of hundreds
+    avg = ModelAverage(model, big, num_samples=4, resample=False)
+    x = torch.rand(6, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(6, dtype=torch.long)
+    assert (avg.sample_log_probs(x).exp() == 0).any()  # some probabilities underflow to 0
+    _, grad = input_gradient(avg, x, y, detector_aware_loss(avg))
+    assert torch.isfinite(grad).all()
+
+
+def test_untargeted_only_objectives_and_trivial_targets_are_refused():
+    from bayesdl.adversarial import detector_aware_loss
+
+    model, samples = _bnn_and_samples(num_samples=4)
+    avg = ModelAverage(model, samples, num_samples=4)
+    x, y = _batch(shape=(4, 64))
+    with pytest.raises(ValueError, match="untargeted"):
+        pgd(avg, x, y, 0.1, target=(y + 1) % 10, loss=detector_aware_loss(avg))
+    with pytest.raises(ValueError, match="target equals"):
+        fgsm(_net(), x, y, 0.1, target=y)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        fgsm(_net(), x, y, 0.1, loss=lambda x_, labels: (x_ - x_.detach()).sum() * float("nan"))
+
+
+def test_a_fixed_model_average_leaves_the_callers_random_state_alone():
+    from bayesdl.guides import MeanFieldNormal
+
+    model = BNN(MLP(64, 10, hidden=(8,)), Categorical(10), "normal")
+    guide = MeanFieldNormal(model)
+    x, y = _batch(shape=(4, 64))
+    guide(x, y)
+    avg = ModelAverage(model, guide, num_samples=3, resample=False, seed=5)
+    torch.manual_seed(11)
+    expected = torch.rand(2)
+    torch.manual_seed(11)
+    avg(x)
+    assert torch.equal(torch.rand(2), expected)

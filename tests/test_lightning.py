@@ -129,3 +129,48 @@ def test_ddp_over_two_gloo_processes_matches_one_process(tmp_path):
     for name, p in guide.named_parameters():
         assert_close(result["params"][name], p.detach(), atol=1e-3, rtol=1e-3, msg=name)
     assert len(result["loss"]) == epochs
+
+
+def test_a_divergent_step_restores_the_last_finite_parameters(tmp_path):
+    import lightning as L
+
+    from bayesdl.inference.svi import TrainingDivergedError
+
+    x, y, model, guide = problem()
+    module = SVIModule(
+        model,
+        guide,
+        num_data=len(x),
+        example_batch=(x, y),
+        optimizer=lambda params: torch.optim.SGD(params, lr=float("inf")),
+    )
+    before = {n: p.detach().clone() for n, p in guide.named_parameters()}
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    with pytest.raises(TrainingDivergedError):
+        trainer.fit(module, loader)
+    for name, p in guide.named_parameters():
+        assert torch.isfinite(p).all(), name
+        assert_close(p.detach(), before[name], atol=0, rtol=0, msg=name)
+
+
+def test_a_posterior_saved_without_targets_loads(tmp_path):
+    # Density models have no targets: the file keeps example_target=None and must still load.
+    from bayesdl.io import save_posterior
+
+    x, y, model, guide = problem()
+    SVIModule(model, guide, num_data=len(x), example_batch=(x, y))
+    save_posterior(tmp_path / "p.pt", model, guide, example_input=x, example_target=None)
+    _, _, model2, guide2 = problem()
+    assert load_posterior(tmp_path / "p.pt", model2, guide2) is guide2
+    # For this regression model the rebuilt guide treats 'obs' as latent: predict says so.
+    with pytest.raises(ValueError, match="treats 'obs' as latent"):
+        predict(model2, guide2, x[:3])

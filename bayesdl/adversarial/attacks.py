@@ -35,6 +35,8 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import pyro
+import pyro.util
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -119,6 +121,11 @@ def check_attack_inputs(
             )
     labels = [_labels("y", y, x.shape[0])]
     labels.append(None if target is None else _labels("target", target, x.shape[0]))
+    if labels[1] is not None and bool((labels[1] == labels[0]).any()):
+        raise ValueError(
+            f"target equals the true label y for {int((labels[1] == labels[0]).sum())} "
+            "examples: a targeted attack needs another class"
+        )
     return x, labels[0], labels[1]
 
 
@@ -166,6 +173,13 @@ def input_gradient(
             )
         value = F.cross_entropy(logits, labels, reduction="sum")
     (grad,) = torch.autograd.grad(value, x)
+    bad = ~torch.isfinite(grad).flatten(1).all(1)
+    if bool(bad.any()):
+        # A NaN step would be silently zero under sign() (L-inf) or spread NaN (L2).
+        raise FloatingPointError(
+            f"the attack objective's input gradient is not finite for {int(bad.sum())} of "
+            f"{x.shape[0]} examples (e.g. log 0 in a custom loss)"
+        )
     return value.detach(), grad
 
 
@@ -178,6 +192,14 @@ def _result(
     return AttackResult(
         x_adv=x_adv, perturbation=x_adv - x, pred=pred, success=success, targeted=target is not None
     )
+
+
+def _check_objective(loss: Objective | None, target: Tensor | None) -> None:
+    if loss is not None and target is not None and getattr(loss, "untargeted_only", False):
+        raise ValueError(
+            "this loss is for untargeted attacks only (it ascends away from the labels): "
+            "pass target=None"
+        )
 
 
 @contextlib.contextmanager
@@ -226,6 +248,7 @@ def fgsm(
             :func:`~bayesdl.adversarial.detection.detector_aware_loss`.
     """
     x, y, target = check_attack_inputs(x, y, eps, domain, target)
+    _check_objective(loss, target)
     with _eval_mode(model):
         _, grad = input_gradient(model, x, y if target is None else target, loss)
         sign = -1.0 if target is not None else 1.0
@@ -289,6 +312,7 @@ def pgd(
             cross-entropy of ``model``'s logits (see :func:`fgsm`).
     """
     x, y, target = check_attack_inputs(x, y, eps, domain, target)
+    _check_objective(loss, target)
     check_choice("norm", norm, NORMS)
     check_positive("num_steps", num_steps, integer=True)
     if step_size is None:
@@ -410,7 +434,8 @@ class ModelAverage(nn.Module):
         from bayesdl.inference import posterior_samples
 
         if self.resample and isinstance(self.posterior, Mapping):
-            # A fixed set of draws (e.g. from MCMC): a fresh random subset at every call.
+            # A fixed set of draws (e.g. from MCMC): a fresh random subset at every call, drawn
+            # with replacement.
             if self._all is None:
                 self._all = posterior_samples(self.model, self.posterior, x, num_samples=None)
             total = next(iter(self._all.values())).shape[0] if self._all else 1
@@ -420,9 +445,14 @@ class ModelAverage(nn.Module):
             samples = posterior_samples(self.model, self.posterior, x, num_samples=self.num_samples)
         else:
             if self._fixed is None:
-                self._fixed = posterior_samples(
-                    self.model, self.posterior, x, num_samples=self.num_samples, seed=self.seed
-                )
+                # Seeded, but the caller's random state is restored: attacks must not reseed it.
+                state = pyro.util.get_rng_state()
+                try:
+                    self._fixed = posterior_samples(
+                        self.model, self.posterior, x, num_samples=self.num_samples, seed=self.seed
+                    )
+                finally:
+                    pyro.util.set_rng_state(state)
             samples = self._fixed
         return {s: samples[s].detach() for s in self.model.weight_sites}
 

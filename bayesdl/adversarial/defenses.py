@@ -523,6 +523,7 @@ def train_denoiser(
     gen = torch.Generator(device=x_clean.device).manual_seed(seed)
     x_adv: Tensor | None = None
     frozen: list[tuple[nn.Parameter, bool]] = []
+    classifier_was_training = classifier is not None and classifier.training
     if classifier is not None:
         classifier.eval()
         frozen = [(p, p.requires_grad) for p in classifier.parameters()]
@@ -586,4 +587,6 @@ def train_denoiser(
         denoiser.eval()
         for p, flag in frozen:
             p.requires_grad_(flag)
+        if classifier is not None:
+            classifier.train(classifier_was_training)
     return losses

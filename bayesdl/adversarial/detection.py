@@ -123,8 +123,9 @@ def detector_aware_loss(
       by ``margin`` nats.
 
     So the attack looks for inputs that are misclassified *and* look certain. Without it an
-    attack only maximises the cross-entropy, and detection AUCs are upper bounds. Use it for
-    untargeted attacks: ``pgd(model, x, y, eps, loss=detector_aware_loss(model))``.
+    attack only maximises the cross-entropy, and detection AUCs are upper bounds. It is for
+    untargeted attacks only (:func:`~bayesdl.adversarial.pgd` refuses it with a ``target``):
+    ``pgd(model, x, y, eps, loss=detector_aware_loss(model))``.
 
     Arguments:
         model: The :class:`~bayesdl.adversarial.attacks.ModelAverage` under attack.
@@ -151,8 +152,21 @@ def detector_aware_loss(
         others = log_mean.scatter(-1, labels[:, None], float("-inf")).max(-1).values
         flipped = (others > true).detach()
         hidden = -weight * (
-            detection_scores(log_probs.exp())[score] + torch.relu(true - others + margin)
+            _log_scores(log_probs, log_mean)[score] + torch.relu(true - others + margin)
         )
         return torch.where(flipped, hidden, -true).sum()
 
+    loss.untargeted_only = True  # type: ignore[attr-defined]  # pgd/fgsm refuse a target
     return loss
+
+
+def _log_scores(log_probs: Tensor, log_mean: Tensor) -> dict[str, Tensor]:
+    """Entropies from log-probabilities: finite gradients even where a probability underflows
+    to 0 (``xlogy(p, p)`` on probabilities would give 0/0 there)."""
+    total = -(log_mean.exp() * log_mean).sum(-1)
+    expected = -(log_probs.exp() * log_probs).sum(-1).mean(0)
+    return {
+        "entropy": total,
+        "expected_entropy": expected,
+        "mutual_information": total - expected,
+    }

@@ -79,6 +79,14 @@ class SVIModule(L.LightningModule):
         loss: The ELBO (default ``pyro.infer.Trace_ELBO()``).
         lr: Adam's learning rate.
         optimizer: Alternatively, a callable ``optimizer(parameters) -> torch.optim.Optimizer``.
+        seed: If given, each rank seeds Pyro with ``seed + rank`` when training starts, so the
+            ranks draw different weights from the guide and their average has less noise.
+            (Lightning's ``seed_everything`` alone gives every rank the same draws.)
+
+    If the loss is not finite on any rank, every rank raises
+    :class:`~bayesdl.inference.svi.TrainingDivergedError` before the optimiser steps (so no rank
+    waits for the others' gradients); if an optimiser step makes a parameter non-finite, the
+    parameters of the step before are restored and the same error is raised.
 
     Attributes:
         history: Training losses (negative ELBO at full-data scale) of this rank, per step.
@@ -94,6 +102,7 @@ class SVIModule(L.LightningModule):
         loss: ELBO | None = None,
         lr: float = 1e-2,
         optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module) or not isinstance(guide, nn.Module):
@@ -118,18 +127,50 @@ class SVIModule(L.LightningModule):
         for name in getattr(model, "bayesian_names", ()):
             model.net.get_parameter(name).requires_grad_(False)
         self.history = History(batch_size=int(x.shape[0]))
+        self.seed = seed
+        self._snapshot: list[Tensor] = []
+
+    def _trainable(self) -> list[Tensor]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def on_fit_start(self) -> None:
+        if self.seed is not None:
+            import pyro
+
+            pyro.set_rng_seed(int(self.seed) + self.global_rank)
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return ok
+        # Every rank must take the same branch, or the others would wait in the all-reduce.
+        return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = _split(batch)
-        with scale_data_plate(self.num_data / x.shape[0]):
-            loss = self.loss_fn.differentiable_loss(self.model, self.guide, x, y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
+        self._snapshot = [p.detach().clone() for p in self._trainable()]
+        try:
+            with scale_data_plate(self.num_data / x.shape[0]):
+                loss = self.loss_fn.differentiable_loss(self.model, self.guide, x, y)
+            value = float(loss.detach())
+        except ValueError:  # distribution validation on non-finite values
+            loss, value = None, float("nan")
+        if not self._all_ranks_agree(math.isfinite(value)):
             # Raised before the optimiser steps: the parameters are those of the last good step.
             raise TrainingDivergedError(len(self.history.loss) + 1, value, self.history)
+        assert loss is not None
         self.history.loss.append(value)
         self.log("elbo", -value, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(x))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        finite = all(bool(torch.isfinite(p).all()) for p in self._trainable())
+        if not self._all_ranks_agree(finite):
+            with torch.no_grad():
+                for p, old in zip(self._trainable(), self._snapshot, strict=True):
+                    p.copy_(old)
+            value = self.history.loss[-1] if self.history.loss else float("nan")
+            raise TrainingDivergedError(len(self.history.loss), value, self.history)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -173,15 +214,17 @@ def fit_lightning(
     scaled to the full ``N = len(x)``.
 
     Arguments:
-        model: A Pyro model ``model(x, y=None)`` (e.g. a :class:`~bayesdl.models.BNN`).
-        guide: Its guide.
+        model: A Pyro model ``model(x, y=None)`` that is a torch module holding its point
+            parameters (e.g. a :class:`~bayesdl.models.BNN`).
+        guide: Its guide, a torch module (any autoguide).
         x: Training inputs ``(N, ...)``.
-        y: Training targets ``(N,)`` (``None`` for density models).
+        y: Training targets ``(N,)``; ``None`` for a module that models ``x`` alone.
         batch_size: Rows per batch on each rank.
         num_epochs: Passes over the data.
         lr: Adam's learning rate.
         loss: The ELBO (default ``Trace_ELBO``).
-        seed: Seed of ``lightning.seed_everything`` (the same on every rank).
+        seed: Seed of ``lightning.seed_everything`` (the same on every rank, so every rank builds
+            the same initial parameters); Pyro's draws are then seeded ``seed + rank``.
         accelerator: ``"cpu"``, ``"gpu"``, ``"auto"``...
         devices: Devices (or processes on CPU) per node.
         strategy: ``"auto"``, ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``...
@@ -191,7 +234,9 @@ def fit_lightning(
             ``callbacks``, ``logger``...).
 
     Returns:
-        The trained :class:`SVIModule` and the ``Trainer``.
+        The trained :class:`SVIModule` and the ``Trainer``. Under a multi-process strategy,
+        end the script with ``torch.distributed.destroy_process_group()``: Lightning leaves the
+        process group up, and gloo's threads can otherwise abort the interpreter at exit.
     """
     x = check_tensor("x", x)
     if y is not None:
@@ -214,6 +259,7 @@ def fit_lightning(
         example_batch=tuple(t[:batch_size] for t in tensors),
         loss=loss,
         lr=lr,
+        seed=seed,
     )
     trainer_kwargs.setdefault("logger", False)
     trainer_kwargs.setdefault("enable_checkpointing", False)

@@ -181,8 +181,10 @@ class ErfKernel(NNGPKernel):
 class ArcCosineKernel(NNGPKernel):
     r"""The arc-cosine kernel of order ``n`` (Cho & Saul, 2009): units ``h(z) = 1[z > 0] z^n``.
 
-    Order 0 is the Heaviside step (Neal's limit of tanh as ``sigma_u`` grows), order 1 the ReLU,
-    order 2 the squared ReLU. With ``cos(theta) = S(x, x') / sqrt(S(x, x) S(x', x'))``,
+    Order 0 is the Heaviside step, order 1 the ReLU, order 2 the squared ReLU. (As ``sigma_u``
+    grows with ``sigma_a / sigma_u`` fixed, tanh units tend to ``sign(z) = 2 step(z) - 1``, Neal's
+    step functions, whose kernel is ``1 - 2 theta / pi = 4 C_0 - 1``.)
+    With ``cos(theta) = S(x, x') / sqrt(S(x, x) S(x', x'))``,
 
     .. math::
 
