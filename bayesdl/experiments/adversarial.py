@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ import torch
 from torch import Tensor, nn
 
 from bayesdl import data as datasets
-from bayesdl._validation import check_positive
 from bayesdl.adversarial import (
     Denoised,
     DenoisingAutoencoder,
@@ -54,6 +53,7 @@ from bayesdl.adversarial import (
     train_classifier,
     train_denoiser,
 )
+from bayesdl.experiments._common import check_run, format_rows, pick_settings
 from bayesdl.experiments.aleatoric import single_thread
 
 __all__ = ["QUICK", "SETTINGS", "Settings", "run_adversarial"]
@@ -198,19 +198,6 @@ def _predictive_accuracy(
     return float((probs.argmax(-1) == y).float().mean())
 
 
-def format_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """An aligned text table (floats with 3 decimals)."""
-
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    body = [[cell(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body]
-    return "\n".join(lines)
-
-
 def run_adversarial(
     output: Path | str,
     seed: int = 0,
@@ -241,18 +228,8 @@ def run_adversarial(
         the model classifies correctly when clean, ``auc`` over all adversarial inputs,
         ``auc_successful`` over those that fooled it) and the linearity rows.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    check_positive("dpi", dpi, integer=True)
-    if not isinstance(output, (str, Path)):
-        raise TypeError(f"output must be a path, got {type(output).__name__}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output must be a folder, got the file {output}")
-    if settings is None:
-        settings = QUICK if quick else SETTINGS
-    if not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
+    output = check_run(output, seed, dpi)
+    settings = pick_settings(settings, quick, SETTINGS, QUICK)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     s = settings
@@ -408,7 +385,7 @@ def run_adversarial(
                 if r["model"] == name and r["attack"] == attack:
                     row[f"eps={r['eps']:g}"] = r["accuracy"]
             pivot.append(row)
-    echo(format_rows(pivot, list(pivot[0])))
+    echo(format_rows(pivot, list(pivot[0]), ".3f"))
     echo(
         f"\nRandomized smoothing (sigma {s.sigma}, n {s.n}, alpha {s.alpha}, "
         f"{s.num_certify} digits): smoothed accuracy {certified['smoothed_accuracy']:.3f}, "
@@ -421,16 +398,19 @@ def run_adversarial(
                 for r, a in zip(certified["radius"], certified["certified_accuracy"], strict=True)
             ],
             ("radius", "certified_accuracy"),
+            ".3f",
         )
     )
     echo(f"\nDetection ROC AUC, clean vs PGD (eps {s.detect_eps}) digits:")
     echo(
         format_rows(
-            detection, ("model", "attack_on", "score", "success_rate", "auc", "auc_successful")
+            detection,
+            ("model", "attack_on", "score", "success_rate", "auc", "auc_successful"),
+            ".3f",
         )
     )
     echo("\nLinearity: the score change of r = eps sign(w) is eps ||w||_1 = eps m n:")
-    echo(format_rows(linearity, ("dim", "change", "eps_l1", "max_abs_r")))
+    echo(format_rows(linearity, ("dim", "change", "eps_l1", "max_abs_r"), ".3f"))
     echo(f"\ntook {elapsed:.1f} s; figures and results.json in {output}")
     results = {
         "settings": asdict(settings),

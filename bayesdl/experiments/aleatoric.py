@@ -37,6 +37,7 @@ from bayesdl import metrics
 from bayesdl._validation import check_positive
 from bayesdl.data import RegressionData
 from bayesdl.distributions.mdn import MixtureDensityNetwork, find_modes, gaussian_mixture_crps
+from bayesdl.experiments._common import check_run, pick_settings
 from bayesdl.inference import History, fit, predict
 from bayesdl.likelihoods import Heteroscedastic, Homoscedastic
 from bayesdl.models import BNN
@@ -711,18 +712,8 @@ def run_aleatoric(
         ValueError: A negative or non-integer ``seed``, ``dpi <= 0``, or an ``output`` that is
             an existing file.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    check_positive("dpi", dpi, integer=True)
-    if not isinstance(output, (str, Path)):
-        raise TypeError(f"output must be a path, got {type(output).__name__}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output must be a folder, got the file {output}")
-    if settings is None:
-        settings = QUICK if quick else SETTINGS
-    if not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
+    output = check_run(output, seed, dpi)
+    settings = pick_settings(settings, quick, SETTINGS, QUICK)
     output.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()

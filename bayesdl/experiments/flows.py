@@ -23,9 +23,10 @@ import torch
 from torch import Tensor
 
 from bayesdl import data as datasets
-from bayesdl._validation import check_choice, check_positive
+from bayesdl._validation import check_choice
 from bayesdl.data import RegressionData
 from bayesdl.distributions.flows import FAMILIES, ConditionalFlow, Flow
+from bayesdl.experiments._common import check_run, pick_settings
 from bayesdl.experiments.aleatoric import single_thread
 from bayesdl.inference import History, fit
 
@@ -417,18 +418,8 @@ def run_flows(
         ValueError: A negative or non-integer ``seed``, an unknown dataset or family,
             ``dpi <= 0``, or an ``output`` that is an existing file.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    check_positive("dpi", dpi, integer=True)
-    if not isinstance(output, (str, Path)):
-        raise TypeError(f"output must be a path, got {type(output).__name__}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output must be a folder, got the file {output}")
-    if settings is None:
-        settings = QUICK if quick else SETTINGS
-    if not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
+    output = check_run(output, seed, dpi)
+    settings = pick_settings(settings, quick, SETTINGS, QUICK)
     for name in datasets_2d:
         check_choice("datasets_2d", name, DATASETS)
     families = DEFAULT_FAMILIES if families is None else tuple(families)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from bayesdl import data as datasets
-from bayesdl._validation import check_positive
+from bayesdl.experiments._common import check_run, format_rows, pick_settings
 from bayesdl.experiments.aleatoric import single_thread
 from bayesdl.infinite import bnn_vs_gp, kernel_convergence, neal_figure_2_2, prior_kurtosis
 
-__all__ = ["QUICK", "SETTINGS", "Settings", "format_rows", "run_infinite"]
+__all__ = ["QUICK", "SETTINGS", "Settings", "run_infinite"]
 
 
 @dataclass(frozen=True)
@@ -80,19 +80,6 @@ QUICK = replace(
 )
 
 
-def format_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """An aligned text table of ``columns`` of ``rows`` (floats to 4 significant digits)."""
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    body = [[cell(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body]
-    return "\n".join(lines)
-
-
 def toy_data(settings: Settings, seed: int) -> datasets.RegressionData:
     """The lecture's 1-D toy regression (noise 0.2) with a gap in the inputs."""
     return datasets.homoscedastic(
@@ -126,18 +113,8 @@ def run_infinite(
     Returns:
         The content of ``results.json``: the settings and the rows of each study.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    check_positive("dpi", dpi, integer=True)
-    if not isinstance(output, (str, Path)):
-        raise TypeError(f"output must be a path, got {type(output).__name__}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output must be a folder, got the file {output}")
-    if settings is None:
-        settings = QUICK if quick else SETTINGS
-    if not isinstance(settings, Settings):
-        raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
+    output = check_run(output, seed, dpi)
+    settings = pick_settings(settings, quick, SETTINGS, QUICK)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
